@@ -1,0 +1,43 @@
+"""The ``dpal-cache`` command line: a thin typer layer over the library.
+
+    dpal-cache --help
+"""
+
+from __future__ import annotations
+
+import typer
+
+from dpal_cache import __version__
+from dpal_cache.cli import planned
+
+app = typer.Typer(
+    name="dpal-cache",
+    help="Offline teacher-feature caching for DPAL distillation of lightweight human-centric ViTs.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"dpal-cache {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+) -> None:
+    """Offline teacher-feature caching for DPAL distillation of lightweight human-centric ViTs."""
+
+
+def _register() -> None:
+    from dpal_cache.cli import synth, scan  # noqa: F401, I001  (each module adds its command; help order)
+
+    planned.register(app)
+
+
+def main() -> None:
+    _register()
+    app()

@@ -1,0 +1,66 @@
+"""Shared CLI plumbing: the console, logging through rich, config resolution and progress bars."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from dpal_cache.config import ConfigError, load_config
+
+T = TypeVar("T")
+
+console = Console(stderr=True)
+
+CONFIG_HELP = "YAML file with config keys (see configs/); CLI options override it."
+SET_HELP = "Override a config key: --set key=value (value parsed as YAML; dotted keys for sections). Repeatable."
+
+
+def setup_logging(verbose: bool = False) -> None:
+    """Route library logging through rich (library code logs; only the CLI prints)."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(message)s",
+        handlers=[RichHandler(console=console, show_path=False, rich_tracebacks=True)],
+        force=True,
+    )
+
+
+def fail(message: str, code: int = 2) -> typer.Exit:
+    """Print a one-line error and return the Exit to raise."""
+    console.print(f"[bold red]error:[/] {message}")
+    return typer.Exit(code)
+
+
+def resolve_config(cls: type[T], config: Path | None, sets: list[str] | None, **options: Any) -> T:
+    """Build a stage config from YAML + --set + explicit options; config errors exit with code 2."""
+    try:
+        return load_config(cls, config, sets or [], options)
+    except ConfigError as exc:
+        raise fail(f"bad config: {exc}") from None
+
+
+def progress_bar(transient: bool = False) -> Progress:
+    """The progress bar every long CLI command shows."""
+    return Progress(
+        TextColumn("[bold blue]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=transient,
+    )

@@ -1,0 +1,35 @@
+"""Commands the product will have but that are not built yet: each says so and exits with code 2."""
+
+from __future__ import annotations
+
+import typer
+
+from dpal_cache.cli.common import console
+
+# command -> (one-line help, issue that builds it)
+PLANNED: dict[str, tuple[str, int]] = {
+    "extract": ("Run the frozen teacher once and write its features to a sharded Zarr store.", 4),
+    "info": ("Describe a feature store: teacher, views, precision, completeness.", 4),
+    "verify": ("Check a feature store against its manifest and, optionally, the teacher.", 4),
+    "train": ("Train a student + D-PaDe from a feature store, without the teacher.", 5),
+    "export": ("Export the trained student as a plain timm backbone.", 5),
+    "eval": ("Quick frozen-backbone probes: reid, attributes, parsing.", 6),
+    "viz": ("Pictures: augmented views, learned patterns, loss curves.", 3),
+    "bench": ("Benchmarks of the disk-for-compute trade.", 7),
+    "demo": ("Run the whole pipeline on generated data in a few minutes.", 6),
+}
+
+
+def register(app: typer.Typer) -> None:
+    """Add a placeholder command for every planned feature that is not built yet."""
+    for name, (help_text, issue) in PLANNED.items():
+
+        def placeholder(ctx: typer.Context, _name: str = name, _issue: int = issue) -> None:
+            console.print(f"[yellow]`dpal-cache {_name}` is not built yet[/] (planned in issue {_issue}).")
+            raise typer.Exit(2)
+
+        app.command(
+            name,
+            help=f"{help_text} [NOT BUILT YET]",
+            context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+        )(placeholder)

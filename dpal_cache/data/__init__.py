@@ -1,0 +1,1 @@
+"""Image data: sources (folder, list file, LMDB), the shared decoder, and the manifest scan."""
