@@ -32,10 +32,18 @@ def _root(
     """Offline teacher-feature caching for DPAL distillation of lightweight human-centric ViTs."""
 
 
+_registered = False
+
+
 def _register() -> None:
+    """Import the command modules (each adds its command to ``app``); safe to call repeatedly."""
+    global _registered
+    if _registered:
+        return
     from dpal_cache.cli import synth, scan  # noqa: F401, I001  (each module adds its command; help order)
 
     planned.register(app)
+    _registered = True
 
 
 def main() -> None:
