@@ -36,6 +36,11 @@ class ImageDecodeError(Exception):
         self.detail = detail
         super().__init__(f"{reason}: {detail}" if detail else reason)
 
+    def __reduce__(self):
+        # the default rebuilds from args=(message,), which fails the reason check: errors raised in
+        # pool workers must survive the trip back to the parent
+        return type(self), (self.reason, self.detail)
+
 
 @dataclass(frozen=True)
 class DecodeConfig:

@@ -99,10 +99,16 @@ def content_hash(data: bytes) -> str:
     return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
+def _utf8(name: str) -> str:
+    """``name`` as valid UTF-8: a file name that is not UTF-8 (surrogate-escaped) is shown with backslash escapes,
+    as LMDB keys are; Parquet strings must be UTF-8, and one odd name must not abort the scan."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def scan_one(source: ImageSource, index: int, decode_cfg: DecodeConfig) -> tuple:
     """Read, hash and decode image ``index``; return its manifest row as a tuple (schema order)."""
-    key = source.key(index)
-    path = source.path(index)
+    key = _utf8(source.key(index))
+    path = _utf8(source.path(index))
     try:
         data = source.read(index)
     except SourceReadError as exc:
@@ -194,7 +200,7 @@ def scan(
                 if len(summary.examples) < 10:
                     summary.examples.append((row[1], row[8], row[9]))
         pending.extend(rows)
-        if len(pending) >= cfg.row_group_size:
+        while len(pending) >= cfg.row_group_size:  # a chunk may hold several row groups
             writer.write_table(_rows_to_table(pending[: cfg.row_group_size]), row_group_size=cfg.row_group_size)
             del pending[: cfg.row_group_size]
         if progress is not None:

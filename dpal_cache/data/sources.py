@@ -39,6 +39,10 @@ class SourceReadError(Exception):
         self.detail = detail
         super().__init__(f"{reason}: {detail}")
 
+    def __reduce__(self):
+        # default pickling passes only the message to __init__; keep reason/detail across processes
+        return type(self), (self.reason, self.detail)
+
 
 def _read_file(path: str) -> bytes:
     try:
@@ -89,7 +93,8 @@ class ImageSource(ABC):
         """Hash of the ordered key list: two sources with the same images in the same order agree."""
         h = hashlib.blake2b(digest_size=16)
         for i in range(len(self)):
-            h.update(self.key(i).encode("utf-8") + b"\0")
+            # surrogateescape: file names that are not UTF-8 hash as their raw bytes instead of raising
+            h.update(self.key(i).encode("utf-8", "surrogateescape") + b"\0")
         return h.hexdigest()
 
 
@@ -159,7 +164,7 @@ class ListSource(_KeyedFiles):
             raise SourceError(f"list file {list_file} does not exist")
         suffix = list_file.suffix.lower()
         if suffix == ".txt":
-            lines = list_file.read_text(encoding="utf-8").splitlines()
+            lines = list_file.read_text(encoding="utf-8-sig").splitlines()  # -sig: tolerate a BOM
             keys = [s.strip() for s in lines if s.strip() and not s.lstrip().startswith("#")]
         elif suffix in (".csv", ".parquet"):
             keys = self._path_column(list_file, suffix)
@@ -174,11 +179,17 @@ class ListSource(_KeyedFiles):
 
     @staticmethod
     def _path_column(list_file: Path, suffix: str) -> list[str]:
+        import pyarrow as pa
         import pyarrow.csv as pcsv
         import pyarrow.parquet as pq
 
+        # paths are text: without this, type inference turns a column of "0001" into the integer 1
+        as_text = pcsv.ConvertOptions(column_types={"path": pa.string()})
         try:
-            table = pcsv.read_csv(list_file) if suffix == ".csv" else pq.read_table(list_file, columns=None)
+            if suffix == ".csv":
+                table = pcsv.read_csv(list_file, convert_options=as_text)
+            else:
+                table = pq.read_table(list_file, columns=None)
         except Exception as exc:
             raise SourceError(f"{list_file}: cannot read: {exc}") from None
         if "path" not in table.column_names:
