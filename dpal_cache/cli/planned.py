@@ -8,7 +8,6 @@ from dpal_cache.cli.common import console
 
 # command -> (one-line help, issue that builds it)
 PLANNED: dict[str, tuple[str, int]] = {
-    "extract": ("Run the frozen teacher once and write its features to a sharded Zarr store.", 4),
     "info": ("Describe a feature store: teacher, views, precision, completeness.", 4),
     "verify": ("Check a feature store against its manifest and, optionally, the teacher.", 4),
     "train": ("Train a student + D-PaDe from a feature store, without the teacher.", 5),

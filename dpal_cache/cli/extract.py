@@ -1,0 +1,115 @@
+"""``dpal-cache extract``: run the frozen teacher once and write its features to a Zarr store.
+
+    dpal-cache extract --teacher path-b --checkpoint path_b.pth --data /data/LUP1M --out feats.zarr
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from dpal_cache.cli import app
+from dpal_cache.cli.common import CONFIG_HELP, SET_HELP, console, fail, progress_bar, resolve_config, setup_logging
+from dpal_cache.config import dump_yaml
+from dpal_cache.data.manifest import ScanConfig, read_manifest, scan
+from dpal_cache.data.sources import SourceError, open_source
+from dpal_cache.extract.config import ExtractConfig
+
+
+def _manifest_for(data: Path, root: Path | None, manifest: Path | None, out: str):
+    source = open_source(data, root)
+    if manifest is None:
+        manifest = Path(str(out).rstrip("/") + ".manifest.parquet") if "://" not in str(out) else None
+        if manifest is None:
+            raise fail("remote --out: pass --manifest (made with `dpal-cache scan`)")
+        if not manifest.exists():
+            console.print(f"no --manifest given: scanning {data} into {manifest}")
+            with progress_bar() as bar:
+                task = bar.add_task("scan", total=len(source), rate="")
+                scan(source, manifest, ScanConfig(), progress=lambda n: bar.update(task, advance=n))
+    return source, read_manifest(manifest)
+
+
+@app.command("extract")
+def extract_command(
+    data: Path = typer.Option(..., "--data", help="Images: folder, list file (.txt/.csv/.parquet) or LMDB folder."),
+    out: str = typer.Option(..., "--out", help="Store to write: a local path or an fsspec URL (s3://, gs://...)."),
+    teacher: str | None = typer.Option(None, "--teacher", help="path-b, path-l, hap-b, sapiens-0.3b, "
+                                       "timm:<model>, or random:<arch> (random weights: mechanics only)."),
+    checkpoint: Path | None = typer.Option(None, "--checkpoint", help="Teacher weights file (.pth/.safetensors)."),
+    manifest: Path | None = typer.Option(None, "--manifest", help="Manifest from `dpal-cache scan` "
+                                         "(default: OUT.manifest.parquet, scanned now if missing)."),
+    root: Path | None = typer.Option(None, "--root", help="Folder list-file paths are relative to."),
+    views: int | None = typer.Option(None, "--views", help="Cached global views per image (default 2)."),
+    crowds: int | None = typer.Option(None, "--crowds", help="Cached crowd images per image (default 1)."),
+    precision: str | None = typer.Option(None, "--precision", help="Token precision: fp16 (default) or int8."),
+    map_precision: str | None = typer.Option(None, "--map-precision", help="Attention maps: fp16 or log8."),
+    gram: bool | None = typer.Option(None, "--gram/--no-gram", help="Also store the release's gram relation."),
+    mask_at_extract: float | None = typer.Option(None, "--mask-at-extract", help="Store tokens multiplied by "
+                                                 "(mask score > THRESHOLD) instead of full tokens."),
+    batch_size: int | None = typer.Option(None, "--batch-size", help="Images per teacher batch."),
+    device: str | None = typer.Option(None, "--device", help="auto, cpu, cuda or cuda:N."),
+    workers: int | None = typer.Option(None, "--workers", help="Decode/render workers (-1 = cores - 1)."),
+    seed: int | None = typer.Option(None, "--seed", help="Seed of every view and crowd recipe."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing store instead of resuming it."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the store's size and layout; extract nothing."),
+    config: Path | None = typer.Option(None, "--config", help=CONFIG_HELP),
+    sets: list[str] | None = typer.Option(None, "--set", help=SET_HELP),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
+) -> None:
+    """Run the frozen teacher over every image's views and crowd images; write a sharded Zarr store.
+
+    Re-running the same command resumes from the first unfinished block. A store made with a
+    different config, teacher or manifest is refused (use --overwrite or a new --out).
+    """
+    setup_logging(verbose)
+    cfg = resolve_config(
+        ExtractConfig, config, sets, teacher=teacher, checkpoint=checkpoint, token_precision=precision,
+        map_precision=map_precision, gram=gram, mask_at_extract=mask_at_extract, batch_size=batch_size,
+        device=device, workers=workers,
+        **{k: v for k, v in {"views.views_per_image": views, "views.crowds_per_image": crowds,
+                             "views.seed": seed}.items() if v is not None},
+    )
+    from dpal_cache.extract.run import extract, make_layout
+    from dpal_cache.store.io import StoreError
+    from dpal_cache.teachers import CheckpointError, load_teacher
+
+    try:
+        source, table = _manifest_for(data, root, manifest, out)
+        model = load_teacher(cfg.teacher, cfg.checkpoint, pos_embed=cfg.pos_embed, seed=cfg.teacher_seed)
+    except (SourceError, CheckpointError, FileNotFoundError, ValueError) as exc:
+        raise fail(str(exc)) from None
+    if dry_run:
+        layout = make_layout(cfg, len(source), model)
+        table_ = Table(title=f"dry run: {out}", show_header=False)
+        table_.add_row("teacher", f"{cfg.teacher} ({model.embed_dim} dims)")
+        table_.add_row("images", f"{len(source):,} in {layout.n_shards} blocks of {layout.shard_images}")
+        table_.add_row("rows", f"{layout.views_per_image} views + {layout.crowds_per_image} crowds per image")
+        per = layout.bytes_per_image()
+        table_.add_row("size (uncompressed)", f"{per / 2**10:,.1f} KiB/image, {per * len(source) / 2**30:,.2f} GiB")
+        console.print(table_)
+        return
+    with progress_bar() as bar:
+        task = bar.add_task("extract", total=len(source), rate="")
+
+        def advance(n: int, failed: int) -> None:
+            t = bar.tasks[task]
+            done = t.completed + n
+            bar.update(task, advance=n, rate=f"{done / t.elapsed:,.1f} img/s" if t.elapsed else "")
+
+        try:
+            summary = extract(cfg, source, table, out, teacher=model, overwrite=overwrite, progress=advance)
+        except StoreError as exc:
+            raise fail(str(exc)) from None
+    if "://" not in out:
+        dump_yaml(cfg, Path(out) / "extract.yaml")
+    t = Table(title=f"extract: {out}", show_header=False)
+    t.add_row("blocks", f"{summary.blocks_written} written now, {summary.blocks_done_before} before, "
+              f"{summary.blocks_total} in all")
+    t.add_row("images", f"{summary.images:,} ({summary.ok:,} cached, {summary.failed:,} not cached)")
+    for reason, count in summary.failures_by_reason.items():
+        t.add_row(f"  not cached: {reason}", f"{count:,}")
+    t.add_row("time", f"{summary.seconds:.1f} s")
+    console.print(t)

@@ -1,0 +1,77 @@
+"""A source joined with its manifest: decoded images that are checked against their scan.
+
+Extraction and training both read images through this, so a file that changed since the
+scan (its content hash differs) is caught the same way in both stages. Per-image columns
+are kept as numpy arrays (not Python lists) so forked data workers do not copy them.
+
+    cat = Catalog(open_source("imgs/"), read_manifest("manifest.parquet"))
+    rgb = cat.load(17)                 # (H, W, 3) uint8, or raises ImageUnavailable
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+from dpal_cache.data.decode import DecodeConfig, ImageDecodeError, decode_rgb
+from dpal_cache.data.manifest import content_hash, ok_indices
+from dpal_cache.data.sources import ImageSource, SourceReadError
+
+
+class ImageUnavailable(Exception):
+    """Image ``index`` cannot be used now: ``reason`` is a read/decode reason, ``changed`` or ``failed_scan``."""
+
+    def __init__(self, index: int, reason: str, detail: str = ""):
+        self.index = index
+        self.reason = reason
+        self.detail = detail
+        super().__init__(f"image {index}: {reason}{': ' + detail if detail else ''}")
+
+
+class Catalog:
+    """Random access to decoded images of ``source``, validated against ``manifest``."""
+
+    def __init__(self, source: ImageSource, manifest: pa.Table, decode: DecodeConfig = DecodeConfig(),
+                 check_hash: bool = True):
+        if manifest.num_rows != len(source):
+            raise ValueError(
+                f"manifest has {manifest.num_rows} rows but the source has {len(source)} images: "
+                "re-run `dpal-cache scan` on this source"
+            )
+        index = manifest.column("index").to_numpy()
+        if not np.array_equal(index, np.arange(len(source))):
+            raise ValueError("manifest rows must be the source's images in index order (re-run `dpal-cache scan`)")
+        self.source = source
+        self.decode = decode
+        self.check_hash = check_hash
+        self.ok = ok_indices(manifest)  # sorted int64
+        self.ok_mask = np.zeros(len(source), dtype=bool)
+        self.ok_mask[self.ok] = True
+        height = manifest.column("height").fill_null(0).to_numpy()
+        width = manifest.column("width").fill_null(0).to_numpy()
+        self.sizes = np.stack([height, width], axis=1).astype(np.int64)  # (N, 2): decoded (H, W)
+        hashes = manifest.column("hash").fill_null("").to_pylist()
+        self.hashes = np.asarray(hashes, dtype="S32")  # 128-bit hex digests
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def load(self, index: int) -> np.ndarray:
+        """Decoded RGB uint8 (H, W, 3) of image ``index``; raises ImageUnavailable."""
+        if not self.ok_mask[index]:
+            raise ImageUnavailable(index, "failed_scan", "recorded as failed in the manifest")
+        try:
+            data = self.source.read(index)
+        except SourceReadError as exc:
+            raise ImageUnavailable(index, exc.reason, exc.detail) from None
+        if self.check_hash and content_hash(data).encode() != self.hashes[index]:
+            raise ImageUnavailable(
+                index, "changed", f"{self.source.path(index)} differs from the manifest (content hash)"
+            )
+        try:
+            rgb = decode_rgb(data, self.decode)
+        except ImageDecodeError as exc:
+            raise ImageUnavailable(index, exc.reason, exc.detail) from None
+        if tuple(rgb.shape[:2]) != tuple(self.sizes[index]):
+            raise ImageUnavailable(index, "changed", f"decoded size {rgb.shape[:2]} differs from the manifest")
+        return rgb

@@ -1,0 +1,80 @@
+"""The calibration pass: one principal component for the shape mask, and int8 token scales.
+
+The release fits PCA on every batch and min-max scales it, so its mask depends on the batch
+and cannot be cached. Here one component is fitted once per store on the patch tokens of the
+first ``calibration_images`` usable images, and every view's patch tokens are projected on
+it. The component's sign is chosen so that the person is positive: person crops put the
+person in the middle, so the centre of the patch grid must project higher than its border.
+The projection is mapped to [0, 1] with the calibration's 1st and 99th percentiles.
+
+    calib = fit_calibration(tokens, grid=(16, 8))   # tokens (N, 1 + L, D) float32
+    score = mask_score(tokens[:, 1:], calib)        # (N, L) in [0, 1]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from dpal_cache.store.quant import int8_scales
+
+
+@dataclass(frozen=True)
+class Calibration:
+    component: np.ndarray  # (D,) float32, unit norm, person-positive
+    mean: np.ndarray  # (D,) float32, mean patch token
+    low: float  # 1st percentile of the calibration projections
+    high: float  # 99th percentile
+    explained: float  # fraction of patch-token variance the component explains
+    token_scales: np.ndarray  # (D,) float32 int8 scales (per-channel absmax / 127)
+    images: int
+
+    def attrs(self) -> dict:
+        """The scalar results, for the store's attributes (arrays go to calibration/*)."""
+        return {"low": self.low, "high": self.high, "explained_variance": self.explained, "images": self.images,
+                "sign": "centre of the patch grid projects positive", "percentiles": [1, 99]}
+
+
+def centre_mask(grid: tuple[int, int]) -> np.ndarray:
+    """Boolean (h*w,) of the patches in the middle of a person crop (rows 20-85%, columns 25-75%)."""
+    h, w = grid
+    rows = (np.arange(h) + 0.5) / h
+    cols = (np.arange(w) + 0.5) / w
+    m = ((rows >= 0.2) & (rows <= 0.85))[:, None] & ((cols >= 0.25) & (cols <= 0.75))[None, :]
+    return m.reshape(-1)
+
+
+def fit_calibration(tokens: np.ndarray, grid: tuple[int, int], images: int) -> Calibration:
+    """Fit on ``tokens`` (N, 1 + L, D): class token first, then the L = h*w patch tokens."""
+    tokens = np.asarray(tokens, dtype=np.float32)
+    patches = tokens[:, 1:].astype(np.float64)  # (N, L, D)
+    n, length, dim = patches.shape
+    flat = patches.reshape(-1, dim)
+    mean = flat.mean(axis=0)
+    centred = flat - mean
+    cov = centred.T @ centred / max(1, len(flat) - 1)  # (D, D)
+    evals, evecs = np.linalg.eigh(cov)
+    component = evecs[:, -1]
+    explained = float(evals[-1] / max(evals.sum(), 1e-30))
+    proj = (centred @ component).reshape(n, length)
+    centre = centre_mask(grid)
+    # grids too small to have both a centre and a border keep eigh's sign
+    if centre.any() and not centre.all() and proj[:, centre].mean() < proj[:, ~centre].mean():
+        component, proj = -component, -proj
+    low, high = np.percentile(proj, [1, 99])
+    return Calibration(
+        component=component.astype(np.float32),
+        mean=mean.astype(np.float32),
+        low=float(low),
+        high=float(max(high, low + 1e-6)),
+        explained=explained,
+        token_scales=int8_scales(np.abs(tokens).max(axis=(0, 1))),
+        images=images,
+    )
+
+
+def mask_score(patches: np.ndarray, calib: Calibration) -> np.ndarray:
+    """(..., L, D) patch tokens -> (..., L) float32 person score in [0, 1]."""
+    proj = (np.asarray(patches, dtype=np.float32) - calib.mean) @ calib.component
+    return np.clip((proj - calib.low) / (calib.high - calib.low), 0.0, 1.0).astype(np.float32)

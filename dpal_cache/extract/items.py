@@ -1,0 +1,126 @@
+"""What the teacher sees for one image: its rendered global views and crowd images, in a Dataset.
+
+Decoding and rendering run in DataLoader workers; the teacher runs in the main process on
+uint8 batches (normalised on the device). Batches never straddle a block, and their
+composition depends only on the block size and ``batch_size``, so a single process and a
+dask worker that owns one block run the teacher on exactly the same batches.
+
+    ds = ExtractItems(catalog, views_cfg, backgrounds)
+    item = ds[17]      # {"index", "status", "reason", "views" (V,3,H,W) u8, "params", "crowds", "recipes"}
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from dpal_cache.data.catalog import Catalog, ImageUnavailable
+from dpal_cache.data.decode import decode_rgb
+from dpal_cache.data.sources import ImageSource
+from dpal_cache.store.layout import STATUS_FAILED, STATUS_OK, STATUS_SKIPPED, StoreLayout
+from dpal_cache.views.config import ViewsConfig
+from dpal_cache.views.crowd import RECIPE_LEN, CrowdRecipe, image_crowd_recipes, render_crowd
+from dpal_cache.views.params import PARAM_LEN, image_view_params
+from dpal_cache.views.render import render_view
+
+
+class Backgrounds:
+    """The optional crowd background folder, with decoded sizes known up front (recipes need them)."""
+
+    def __init__(self, source: ImageSource):
+        self.source = source
+        self.sizes = np.asarray([decode_rgb(source.read(i)).shape[:2] for i in range(len(source))], dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def load(self, index: int) -> np.ndarray:
+        return decode_rgb(self.source.read(index))
+
+
+class ExtractItems(Dataset):
+    """Item ``i``: the rendered teacher inputs of image ``i`` (zeros and a status when unusable)."""
+
+    def __init__(self, catalog: Catalog, views: ViewsConfig, backgrounds: Backgrounds | None = None):
+        self.catalog = catalog
+        self.views = views
+        self.backgrounds = backgrounds
+
+    def __len__(self) -> int:
+        return len(self.catalog)
+
+    def _empty(self, index: int, status: int, reason: str) -> dict[str, Any]:
+        v, c = self.views.views_per_image, self.views.crowds_per_image
+        (vh, vw), (ch, cw) = self.views.global_view.size, self.views.crowd.size
+        return {
+            "index": index,
+            "status": status,
+            "reason": reason,
+            "views": torch.zeros((v, 3, vh, vw), dtype=torch.uint8),
+            "params": np.zeros((v, PARAM_LEN), dtype=np.float64),
+            "crowds": torch.zeros((c, 3, ch, cw), dtype=torch.uint8),
+            "recipes": np.zeros((c, RECIPE_LEN), dtype=np.float64),
+        }
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        if not self.catalog.ok_mask[index]:
+            return self._empty(index, STATUS_SKIPPED, "failed_scan")
+        try:
+            rgb = self.catalog.load(index)
+            params = image_view_params(self.views, index, rgb.shape[:2])  # (V, P) float64
+            views = torch.stack([render_view(rgb, p) for p in params])  # (V, 3, H, W) uint8
+            bg_sizes = self.backgrounds.sizes if self.backgrounds is not None else None
+            recipes = image_crowd_recipes(self.views, index, self.catalog.ok, self.catalog.sizes, bg_sizes)
+            crowds = []
+            loaded = {index: rgb}
+            for vec in recipes:
+                recipe = CrowdRecipe.from_vector(vec)
+                for j in recipe.dataset_indices():
+                    if j not in loaded:
+                        try:
+                            loaded[j] = self.catalog.load(j)
+                        except ImageUnavailable as exc:
+                            raise ImageUnavailable(index, "partner_" + exc.reason, f"crowd partner {j}") from None
+                background = None
+                if recipe.background_kind == "folder":
+                    background = self.backgrounds.load(recipe.background_index)
+                crowds.append(render_crowd(recipe, loaded, background))
+            (ch, cw) = self.views.crowd.size
+            crowd_tensor = torch.stack(crowds) if crowds else torch.zeros((0, 3, ch, cw), dtype=torch.uint8)
+        except ImageUnavailable as exc:
+            return self._empty(index, STATUS_FAILED, exc.reason)
+        return {
+            "index": index,
+            "status": STATUS_OK,
+            "reason": "",
+            "views": views,
+            "params": params,
+            "crowds": crowd_tensor,
+            "recipes": recipes,
+        }
+
+
+def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stack a batch: ``views`` (B, V, 3, H, W) uint8, ``crowds`` (B, C, 3, Hc, Wc), numpy per-row arrays."""
+    return {
+        "index": np.asarray([it["index"] for it in items], dtype=np.int64),
+        "status": np.asarray([it["status"] for it in items], dtype=np.uint8),
+        "reason": [it["reason"] for it in items],
+        "views": torch.stack([it["views"] for it in items]),
+        "params": np.stack([it["params"] for it in items]),
+        "crowds": torch.stack([it["crowds"] for it in items]),
+        "recipes": np.stack([it["recipes"] for it in items]),
+    }
+
+
+def block_batches(layout: StoreLayout, blocks: list[int], batch_size: int) -> list[list[int]]:
+    """Image-index batches for ``blocks``: each block cut into runs of ``batch_size`` from its start."""
+    batches = []
+    for block in blocks:
+        images = layout.shard_images_range(block)
+        for start in range(images.start, images.stop, batch_size):
+            batches.append(list(range(start, min(images.stop, start + batch_size))))
+    return batches

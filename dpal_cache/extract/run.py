@@ -1,0 +1,341 @@
+"""``extract``: plan or resume a store, calibrate, then fill it block by block on one machine.
+
+Decoding and rendering run in DataLoader workers, the teacher in this process, and block
+writes in a writer thread, so compression and I/O overlap teacher compute. Resume is a re-run:
+blocks whose done flag is set are skipped; a store made with another config, teacher or
+manifest is refused with the differences listed (``overwrite=True`` starts again).
+
+    summary = extract(cfg, source, manifest_table, "feats.zarr", progress=print)
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import time
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from torch.utils.data import DataLoader
+
+from dpal_cache import __version__
+from dpal_cache.config import to_dict
+from dpal_cache.data.catalog import Catalog
+from dpal_cache.data.manifest import manifest_fingerprint
+from dpal_cache.data.sources import FolderSource, ImageSource
+from dpal_cache.extract.calibrate import Calibration, fit_calibration
+from dpal_cache.extract.compute import BlockBuffer, TeacherStep
+from dpal_cache.extract.config import RUNTIME_FIELDS, ExtractConfig
+from dpal_cache.extract.items import Backgrounds, ExtractItems, block_batches, collate
+from dpal_cache.store import io as store_io
+from dpal_cache.store.layout import FORMAT_VERSION, STATUS_OK, StoreLayout
+from dpal_cache.views.crowd import RECIPE_LEN
+from dpal_cache.views.params import PARAM_LEN
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int, int], None]  # (images finished in this step, of which failed)
+
+
+@dataclass
+class ExtractSummary:
+    out: str
+    images: int = 0
+    ok: int = 0
+    failed: int = 0
+    blocks_total: int = 0
+    blocks_done_before: int = 0
+    blocks_written: int = 0
+    seconds: float = 0.0
+    failures_by_reason: dict[str, int] = field(default_factory=dict)
+    bytes_per_image: int = 0
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {name} asked for, but CUDA is not available here")
+    return device
+
+
+def store_identity(cfg: ExtractConfig) -> dict[str, Any]:
+    """The config fields that decide stored values (a resumed run must match them exactly)."""
+    return {k: v for k, v in to_dict(cfg).items() if k not in RUNTIME_FIELDS}
+
+
+def make_layout(cfg: ExtractConfig, n_images: int, teacher) -> StoreLayout:
+    patch = teacher.patch_size
+    (vh, vw), (ch, cw) = cfg.views.global_view.size, cfg.views.crowd.size
+    for what, (h, w) in (("global_view.size", (vh, vw)), ("crowd.size", (ch, cw))):
+        if h % patch or w % patch:
+            raise ValueError(f"views.{what} {h}x{w} is not a multiple of the teacher's patch size {patch}")
+    return StoreLayout(
+        n_images=n_images,
+        views_per_image=cfg.views.views_per_image,
+        crowds_per_image=cfg.views.crowds_per_image,
+        shard_images=min(cfg.shard_images, n_images),
+        view_grid=(vh // patch, vw // patch),
+        crowd_grid=(ch // patch, cw // patch),
+        dim=teacher.embed_dim,
+        param_len=PARAM_LEN,
+        recipe_len=RECIPE_LEN,
+        token_precision=cfg.token_precision,
+        map_precision=cfg.map_precision,
+        gram=cfg.gram,
+    )
+
+
+def store_attrs(cfg: ExtractConfig, layout: StoreLayout, teacher, manifest: pa.Table, source: ImageSource) -> dict:
+    return {
+        "format_version": FORMAT_VERSION,
+        "dpal_cache_version": __version__,
+        "complete": False,
+        "layout": to_dict(layout),
+        "teacher": teacher.describe(),
+        "views": to_dict(cfg.views),
+        "seed": cfg.views.seed,
+        "precision": {"tokens": cfg.token_precision, "maps": cfg.map_precision,
+                      "mask_at_extract": cfg.mask_at_extract},
+        "identity": store_identity(cfg),
+        "extract_config": to_dict(cfg),
+        "manifest_fingerprint": manifest_fingerprint(manifest),
+        "source": source.describe(),
+        "calibration": None,
+    }
+
+
+def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
+    diffs = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            diffs += _differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            diffs.append(f"{prefix}{key}: store has {a!r}, this run has {b!r}")
+    return diffs
+
+
+def check_resumable(meta: dict, attrs: dict) -> None:
+    """Refuse to resume a store whose stored values would differ from this run's."""
+    diffs = _differences(meta.get("identity", {}), attrs["identity"], "config.")
+    diffs += _differences(meta.get("layout", {}), attrs["layout"], "layout.")
+    for key in ("manifest_fingerprint",):
+        if meta.get(key) != attrs[key]:
+            diffs.append(f"{key}: store has {meta.get(key)!r}, this run has {attrs[key]!r}")
+    old_t, new_t = meta.get("teacher", {}), attrs["teacher"]
+    for key in sorted(set(old_t) | set(new_t)):
+        if old_t.get(key) != new_t.get(key):
+            diffs.append(f"teacher.{key}: store has {old_t.get(key)!r}, this run has {new_t.get(key)!r}")
+    if diffs:
+        raise store_io.StoreError(
+            "the existing store was made differently; resume would mix targets:\n  "
+            + "\n  ".join(diffs)
+            + "\nUse the original settings, a new --out, or --overwrite to start again."
+        )
+
+
+def load_calibration(group, meta: dict) -> Calibration:
+    c = meta["calibration"]
+    return Calibration(
+        component=group["calibration/pca_component"][:],
+        mean=group["calibration/pca_mean"][:],
+        low=c["low"],
+        high=c["high"],
+        explained=c["explained_variance"],
+        token_scales=group["calibration/token_scales"][:],
+        images=c["images"],
+    )
+
+
+def _manifest_bytes(manifest: pa.Table) -> bytes:
+    buf = io.BytesIO()
+    pq.write_table(manifest, buf, compression="zstd")
+    return buf.getvalue()
+
+
+def _worker_count(cfg: ExtractConfig) -> int:
+    return max(1, (os.cpu_count() or 2) - 1) if cfg.workers < 0 else cfg.workers
+
+
+class ExtractSession:
+    """Everything needed to compute blocks of one store: built the same way by a single-process
+    run and by each dask worker, so both compute identical values.
+
+    Args:
+        teacher: an already built teacher (default: built from ``cfg.teacher``/``cfg.checkpoint``).
+    """
+
+    def __init__(self, cfg: ExtractConfig, source: ImageSource, manifest: pa.Table, teacher=None):
+        from dpal_cache.teachers import load_teacher
+
+        self.cfg = cfg
+        self.source = source
+        self.manifest = manifest
+        self.device = resolve_device(cfg.device)
+        if teacher is None:
+            teacher = load_teacher(cfg.teacher, cfg.checkpoint, pos_embed=cfg.pos_embed, seed=cfg.teacher_seed)
+        self.teacher = teacher.to(self.device).eval()
+        catalog = Catalog(source, manifest, cfg.decode)
+        bg_dir = cfg.views.crowd.background_dir
+        backgrounds = Backgrounds(FolderSource(bg_dir)) if bg_dir is not None else None
+        self.dataset = ExtractItems(catalog, cfg.views, backgrounds)
+        self.layout = make_layout(cfg, len(catalog), self.teacher)
+        self.attrs = store_attrs(cfg, self.layout, self.teacher, manifest, source)
+        self.step = TeacherStep(self.teacher, self.device, amp=cfg.amp, gram=cfg.gram)
+
+    def open_or_create(self, out: str, overwrite: bool = False, storage_options: dict | None = None):
+        """Open the store at ``out`` to resume it (refusing a mismatch), or create it."""
+        group = None
+        if not overwrite:
+            try:
+                group = store_io.open_store(out, mode="r+", storage_options=storage_options)
+            except store_io.StoreError as exc:
+                if "no feature store" not in str(exc):
+                    raise
+        if group is None:
+            group = store_io.create_store(out, self.layout, self.attrs, storage_options)
+            store_io.put_bytes(group, "manifest.parquet", _manifest_bytes(self.manifest))
+        else:
+            check_resumable(store_io.store_meta(group), self.attrs)
+            log.info("resuming %s", out)
+        return group
+
+    def calibrate(self, workers: int = 0) -> Calibration:
+        """Fit the mask component and int8 scales on the views of the first usable images."""
+        cfg = self.cfg
+        chosen = self.dataset.catalog.ok[: cfg.calibration_images].tolist()
+        if not chosen:
+            raise ValueError("no usable image to calibrate on: every image failed the scan")
+        batches = [chosen[i : i + cfg.batch_size] for i in range(0, len(chosen), cfg.batch_size)]
+        tokens = [out["tokens"] for out in map(self.step, self._loader(batches, workers)) if "tokens" in out]
+        if not tokens:
+            raise ValueError("no calibration image could be read at extract time")
+        calib = fit_calibration(np.concatenate(tokens), self.layout.view_grid, images=len(chosen))
+        log.info("calibration on %d images: mask component explains %.1f%% of patch variance",
+                 len(chosen), 100 * calib.explained)
+        return calib
+
+    def ensure_calibration(self, group, workers: int = 0) -> Calibration:
+        """The store's calibration, fitted and written first if it has none yet."""
+        meta = store_io.store_meta(group)
+        if meta.get("calibration") is not None:
+            return load_calibration(group, meta)
+        calib = self.calibrate(workers)
+        write_calibration(group, calib)
+        return calib
+
+    def _loader(self, batches: list[list[int]], workers: int) -> DataLoader:
+        return DataLoader(
+            self.dataset,
+            batch_sampler=batches,
+            num_workers=workers,
+            collate_fn=collate,
+            pin_memory=self.device.type == "cuda",
+            # workers start clean instead of forking a process that holds the teacher and its threads
+            multiprocessing_context="forkserver" if workers else None,
+            prefetch_factor=4 if workers else None,
+        )
+
+    def run_blocks(self, group, blocks: list[int], calib: Calibration, workers: int,
+                   progress: Progress | None = None) -> Counter[str]:
+        """Compute and write ``blocks``; returns the not-cached images counted by reason.
+
+        Rendering runs in ``workers`` DataLoader processes, the teacher here, and writes in a
+        writer thread with at most two blocks in flight (bounded memory, overlapped I/O).
+        """
+        layout = self.layout
+        reasons: Counter[str] = Counter()
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-writer") as writer:
+            pending: list[Future] = []
+            buffers: dict[int, BlockBuffer] = {}
+            for batch in self._loader(block_batches(layout, blocks, self.cfg.batch_size), workers):
+                block = int(batch["index"][0]) // layout.shard_images
+                buf = buffers.setdefault(block, BlockBuffer(layout, block, self.cfg.mask_at_extract))
+                buf.add(batch, self.step(batch), calib)
+                if progress is not None:
+                    progress(len(batch["index"]), int((batch["status"] != STATUS_OK).sum()))
+                if buf.complete:
+                    del buffers[block]
+                    for index, reason in buf.failures:
+                        reasons[reason] += 1
+                        log.debug("image %d not cached: %s", index, reason)
+                    while len(pending) >= 2:
+                        pending.pop(0).result()
+                    pending.append(writer.submit(store_io.write_block, group, layout, block, buf.arrays))
+            for fut in pending:
+                fut.result()
+        return reasons
+
+
+def write_calibration(group, calib: Calibration) -> None:
+    store_io.write_calibration(
+        group, {"pca_component": calib.component, "pca_mean": calib.mean, "token_scales": calib.token_scales}
+    )
+    store_io.update_meta(group, calibration=calib.attrs())
+
+
+def finalize(group) -> bool:
+    """Once every block is done: record completion and consolidate metadata. Returns completeness."""
+    if not store_io.done_blocks(group).all():
+        return False
+    status = group["images/status"][:]
+    store_io.update_meta(group, complete=True, images_ok=int((status == STATUS_OK).sum()),
+                         images_not_cached=int((status != STATUS_OK).sum()))
+    store_io.consolidate(group)
+    return True
+
+
+def extract(
+    cfg: ExtractConfig,
+    source: ImageSource,
+    manifest: pa.Table,
+    out: str,
+    teacher=None,
+    overwrite: bool = False,
+    progress: Progress | None = None,
+    storage_options: dict | None = None,
+    max_blocks: int | None = None,
+) -> ExtractSummary:
+    """Extract (or resume extracting) teacher features of ``source`` into the store at ``out``.
+
+    Args:
+        teacher: an already built teacher (default: built from the config).
+        max_blocks: stop after this many blocks (time-boxed runs and tests; re-run to resume).
+    """
+    start = time.perf_counter()
+    session = ExtractSession(cfg, source, manifest, teacher)
+    layout = session.layout
+    workers = _worker_count(cfg)
+    group = session.open_or_create(out, overwrite, storage_options)
+    calib = session.ensure_calibration(group, workers)
+    done = store_io.done_blocks(group)
+    todo = [b for b in range(layout.n_shards) if not done[b]][:max_blocks]
+    log.info("extracting %d of %d blocks (%d images each) with %d worker(s) on %s",
+             len(todo), layout.n_shards, layout.shard_images, workers, session.device)
+    summary = ExtractSummary(out=out, blocks_total=layout.n_shards, blocks_done_before=int(done.sum()),
+                             blocks_written=len(todo), bytes_per_image=layout.bytes_per_image())
+
+    def count(n: int, failed: int) -> None:
+        summary.images += n
+        summary.failed += failed
+        if progress is not None:
+            progress(n, failed)
+
+    reasons = session.run_blocks(group, todo, calib, workers, count)
+    summary.ok = summary.images - summary.failed
+    summary.failures_by_reason = dict(reasons.most_common())
+    finalize(group)
+    summary.seconds = time.perf_counter() - start
+    log.info("wrote %d blocks (%d images, %d not cached) in %.1fs", summary.blocks_written, summary.images,
+             summary.failed, summary.seconds)
+    return summary

@@ -1,0 +1,77 @@
+"""Precision codecs for cached teacher outputs, and the error measures that judge them.
+
+Tokens (``views/tokens``):
+- ``fp16``: IEEE half. Lossless codecs barely shrink ViT tokens, so this is the default.
+- ``int8``: symmetric per-channel scales fitted once per store in the calibration pass
+  (``scale_c = clip_c / 127``); per-token scales are bad (a few outlier channels set them).
+
+Attention maps (``views/attn_cls``, ``crowds/attn``; rows are probability distributions):
+- ``fp16``: IEEE half.
+- ``log8``: uint8 on a log scale: 0 encodes "below ``LOG8_EPS``", codes 1..255 cover
+  [LOG8_EPS, 1] evenly in log(p). Decoding renormalises each row to sum 1.
+
+    q = encode_log8(attn); back = decode_log8(q)   # KL(attn || back) per row ~ 2e-4
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+TOKEN_PRECISIONS = ("fp16", "int8")
+MAP_PRECISIONS = ("fp16", "log8")
+
+LOG8_EPS = 1e-8
+_LOG8_SPAN = -np.log(LOG8_EPS)  # log(1) - log(eps)
+
+
+def int8_scales(clip: np.ndarray) -> np.ndarray:
+    """Per-channel scales (float32) from per-channel clipping magnitudes (e.g. calibration absmax)."""
+    clip = np.asarray(clip, dtype=np.float32)
+    return np.where(clip > 0, clip / 127.0, np.float32(1.0)).astype(np.float32)
+
+
+def encode_int8(x: np.ndarray, scales: np.ndarray) -> np.ndarray:
+    """(..., D) float -> int8 with per-channel ``scales`` (D,); values beyond the scale clip."""
+    q = np.rint(np.asarray(x, dtype=np.float32) / scales)
+    return np.clip(q, -127, 127).astype(np.int8)
+
+
+def decode_int8(q: np.ndarray, scales: np.ndarray) -> np.ndarray:
+    return q.astype(np.float32) * scales
+
+
+def encode_log8(p: np.ndarray) -> np.ndarray:
+    """Probabilities in [0, 1] -> uint8 log codes (0 = below LOG8_EPS)."""
+    p = np.asarray(p, dtype=np.float64)
+    with np.errstate(divide="ignore"):
+        code = 1.0 + 254.0 * (np.log(np.maximum(p, LOG8_EPS)) + _LOG8_SPAN) / _LOG8_SPAN
+    code = np.where(p < LOG8_EPS, 0.0, np.clip(np.rint(code), 1, 255))
+    return code.astype(np.uint8)
+
+
+def decode_log8(code: np.ndarray, renormalise: bool = True) -> np.ndarray:
+    """uint8 log codes -> float32 probabilities; rows (last axis) renormalised to sum 1."""
+    code = np.asarray(code)
+    p = np.exp((code.astype(np.float64) - 1.0) / 254.0 * _LOG8_SPAN - _LOG8_SPAN)
+    p = np.where(code == 0, 0.0, p)
+    if renormalise:
+        p = p / np.maximum(p.sum(axis=-1, keepdims=True), 1e-30)
+    return p.astype(np.float32)
+
+
+def relative_l2(ref: np.ndarray, approx: np.ndarray) -> float:
+    """||ref - approx|| / ||ref|| over the whole array (float64 accumulation)."""
+    ref = np.asarray(ref, dtype=np.float64)
+    diff = ref - np.asarray(approx, dtype=np.float64)
+    return float(np.linalg.norm(diff) / max(np.linalg.norm(ref), 1e-30))
+
+
+def kl_per_row(ref: np.ndarray, approx: np.ndarray) -> float:
+    """Mean over rows of KL(ref || approx), rows along the last axis (nats)."""
+    p = np.asarray(ref, dtype=np.float64)
+    q = np.asarray(approx, dtype=np.float64)
+    p = p / np.maximum(p.sum(axis=-1, keepdims=True), 1e-30)
+    q = q / np.maximum(q.sum(axis=-1, keepdims=True), 1e-30)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        terms = np.where(p > 0, p * (np.log(p) - np.log(np.maximum(q, 1e-30))), 0.0)
+    return float(terms.sum(axis=-1).mean())
