@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dpal_cache.store.quant import int8_scales
+from dpal_cache.store.quant import fit_int8_scales
 
 
 @dataclass(frozen=True)
@@ -27,7 +27,7 @@ class Calibration:
     low: float  # 1st percentile of the calibration projections
     high: float  # 99th percentile
     explained: float  # fraction of patch-token variance the component explains
-    token_scales: np.ndarray  # (D,) float32 int8 scales (per-channel absmax / 127)
+    token_scales: np.ndarray  # (2, D) float32 int8 scales: row 0 class tokens, row 1 patch tokens
     images: int
 
     def attrs(self) -> dict:
@@ -69,7 +69,7 @@ def fit_calibration(tokens: np.ndarray, grid: tuple[int, int], images: int) -> C
         low=float(low),
         high=float(max(high, low + 1e-6)),
         explained=explained,
-        token_scales=int8_scales(np.abs(tokens).max(axis=(0, 1))),
+        token_scales=np.stack([fit_int8_scales(tokens[:, 0]), fit_int8_scales(tokens[:, 1:])]),
         images=images,
     )
 

@@ -16,7 +16,7 @@ import torch
 
 from dpal_cache.extract.calibrate import Calibration, mask_score
 from dpal_cache.store.layout import STATUS_OK, StoreLayout
-from dpal_cache.store.quant import encode_int8, encode_log8
+from dpal_cache.store.quant import decode_int8, encode_int8, encode_log8
 
 
 class TeacherStep:
@@ -64,8 +64,18 @@ def encode_map(x: np.ndarray, precision: str) -> np.ndarray:
     return encode_log8(x) if precision == "log8" else x.astype(np.float16)
 
 
-def encode_tokens(tokens: np.ndarray, precision: str, calib: Calibration) -> np.ndarray:
-    return encode_int8(tokens, calib.token_scales) if precision == "int8" else tokens.astype(np.float16)
+def encode_tokens(tokens: np.ndarray, precision: str, scales: np.ndarray) -> np.ndarray:
+    """(N, 1 + L, D) float32 -> stored dtype; int8 uses ``scales`` (2, D): class row, patch row."""
+    if precision != "int8":
+        return tokens.astype(np.float16)
+    return np.concatenate([encode_int8(tokens[:, :1], scales[0]), encode_int8(tokens[:, 1:], scales[1])], axis=1)
+
+
+def decode_tokens(stored: np.ndarray, scales: np.ndarray) -> np.ndarray:
+    """Stored tokens (N, 1 + L, D) (fp16 or int8) -> float32."""
+    if stored.dtype != np.int8:
+        return stored.astype(np.float32)
+    return np.concatenate([decode_int8(stored[:, :1], scales[0]), decode_int8(stored[:, 1:], scales[1])], axis=1)
 
 
 class BlockBuffer:
@@ -114,7 +124,7 @@ class BlockBuffer:
             if self.mask_at_extract is not None:
                 tokens = tokens.copy()
                 tokens[:, 1:] *= (score > self.mask_at_extract)[..., None]
-            self.arrays["views/tokens"][rows_v] = encode_tokens(tokens, lay.token_precision, calib)
+            self.arrays["views/tokens"][rows_v] = encode_tokens(tokens, lay.token_precision, calib.token_scales)
             self.arrays["views/attn_cls"][rows_v] = encode_map(out["attn_cls"], lay.map_precision)
             self.arrays["views/mask_score"][rows_v] = score.astype(np.float16)
             if c:

@@ -94,7 +94,7 @@ class StoreLayout:
             "shards/done": ArraySpec((self.n_shards,), (1,), None, "uint8"),
             "calibration/pca_component": ArraySpec((d,), (d,), None, "float32"),
             "calibration/pca_mean": ArraySpec((d,), (d,), None, "float32"),
-            "calibration/token_scales": ArraySpec((d,), (d,), None, "float32"),
+            "calibration/token_scales": ArraySpec((2, d), (2, d), None, "float32"),  # class row, patch row
         }
         if c:
             specs["crowds/attn"] = ArraySpec((n * c, lc, lc), (1, lc, lc), (s * c, lc, lc), amap, c)

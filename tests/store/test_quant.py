@@ -1,0 +1,65 @@
+"""Precision codecs: exactness where promised, bounded error where lossy, and the error measures."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from dpal_cache.store.quant import (
+    LOG8_EPS,
+    decode_int8,
+    decode_log8,
+    encode_int8,
+    encode_log8,
+    int8_scales,
+    kl_per_row,
+    relative_l2,
+)
+
+
+def softmax_rows(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - z.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def test_int8_round_trip_error_is_half_a_step():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(50, 17, 8)).astype(np.float32) * np.linspace(0.1, 5, 8, dtype=np.float32)
+    scales = int8_scales(np.abs(x).max(axis=(0, 1)))
+    q = encode_int8(x, scales)
+    assert q.dtype == np.int8 and q.min() >= -127
+    err = np.abs(decode_int8(q, scales) - x)
+    assert (err <= scales / 2 + 1e-6).all()  # rounding only: calibration covers every value
+    assert relative_l2(x, decode_int8(q, scales)) < 1e-2
+
+
+def test_int8_clips_beyond_calibration_and_handles_dead_channels():
+    scales = int8_scales(np.array([1.0, 0.0], dtype=np.float32))
+    assert scales[1] == 1.0  # a channel that was always 0 must not divide by zero
+    q = encode_int8(np.array([[5.0, 0.0]], dtype=np.float32), scales)
+    assert q.tolist() == [[127, 0]]
+
+
+@pytest.mark.parametrize("temperature", [0.5, 2.0, 6.0])
+def test_log8_kl_below_target(temperature):
+    rng = np.random.default_rng(1)
+    p = softmax_rows(rng.normal(size=(8, 64, 64)) * temperature)
+    back = decode_log8(encode_log8(p))
+    assert np.allclose(back.sum(-1), 1.0, atol=1e-5)
+    assert kl_per_row(p, back) < 1e-3
+
+
+def test_log8_codes():
+    p = np.array([0.0, LOG8_EPS / 2, LOG8_EPS, 1.0])
+    assert encode_log8(p).tolist() == [0, 0, 1, 255]
+    back = decode_log8(encode_log8(p), renormalise=False)
+    assert back[0] == 0 and back[1] == 0
+    assert back[3] == pytest.approx(1.0, rel=1e-6)
+
+
+def test_error_measures():
+    a = np.array([[0.5, 0.5]])
+    assert kl_per_row(a, a) == 0.0
+    assert kl_per_row(a, np.array([[0.25, 0.75]])) == pytest.approx(0.5 * np.log(2) + 0.5 * np.log(0.5 / 0.75))
+    assert relative_l2(np.array([3.0, 4.0]), np.array([3.0, 4.0])) == 0.0
+    assert relative_l2(np.array([3.0, 4.0]), np.zeros(2)) == pytest.approx(1.0)
