@@ -1,0 +1,49 @@
+"""Estimate for ``extract --dry-run``: the teacher's time per image, measured on random batches.
+
+Only the teacher forward is timed (decode, render and write overlap it in a healthy run), so the
+estimate is a lower bound on the wall time: `dpal-cache bench` measures the rest.
+
+    seconds = teacher_seconds_per_image(teacher, cfg, torch.device("cpu"))
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+from dpal_cache.extract.compute import TeacherStep
+from dpal_cache.extract.config import ExtractConfig
+from dpal_cache.store.layout import STATUS_OK
+
+
+def random_batch(cfg: ExtractConfig, images: int, seed: int = 0) -> dict:
+    """A collated batch of ``images`` ok images with random uint8 views and crowds."""
+    g = torch.Generator().manual_seed(seed)
+    v, c = cfg.views.views_per_image, cfg.views.crowds_per_image
+    (vh, vw), (ch, cw) = cfg.views.global_view.size, cfg.views.crowd.size
+    return {
+        "index": np.arange(images, dtype=np.int64),
+        "status": np.full(images, STATUS_OK, dtype=np.uint8),
+        "reason": [""] * images,
+        "views": torch.randint(0, 256, (images, v, 3, vh, vw), generator=g, dtype=torch.uint8),
+        "crowds": torch.randint(0, 256, (images, c, 3, ch, cw), generator=g, dtype=torch.uint8),
+    }
+
+
+def teacher_seconds_per_image(teacher, cfg: ExtractConfig, device: torch.device, repeats: int = 2) -> float:
+    """Median seconds of teacher compute per image (its views and crowds) at ``cfg.batch_size``."""
+    step = TeacherStep(teacher.to(device).eval(), device, amp=cfg.amp, gram=cfg.gram)
+    batch = random_batch(cfg, cfg.batch_size)
+    step(batch)  # warm-up: allocation, kernel selection, position-table resampling
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        step(batch)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - start)
+    return float(np.median(times)) / cfg.batch_size
