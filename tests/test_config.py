@@ -36,6 +36,7 @@ def test_defaults_and_types():
     assert cfg == Outer()
     cfg = from_dict(Outer, {"lr": 1, "out": "x/y", "sizes": [3, 4, 5], "inner": {"scale": [0.5, 0.6]}})
     assert cfg.lr == 1.0 and isinstance(cfg.lr, float)
+    assert load_config(Outer, sets=["lr=2e-3"]).lr == 0.002  # YAML 1.1 reads 2e-3 as a string
     assert cfg.out == Path("x/y")
     assert cfg.sizes == (3, 4, 5)
     assert cfg.inner == Inner(scale=(0.5, 0.6))
