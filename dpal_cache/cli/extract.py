@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import typer
@@ -18,10 +19,14 @@ from dpal_cache.data.sources import SourceError, open_source
 from dpal_cache.extract.config import ExtractConfig
 
 
+def _default_manifest(out: str) -> Path | None:
+    return Path(str(out).rstrip("/") + ".manifest.parquet") if "://" not in str(out) else None
+
+
 def _manifest_for(data: Path, root: Path | None, manifest: Path | None, out: str):
     source = open_source(data, root)
     if manifest is None:
-        manifest = Path(str(out).rstrip("/") + ".manifest.parquet") if "://" not in str(out) else None
+        manifest = _default_manifest(out)
         if manifest is None:
             raise fail("remote --out: pass --manifest (made with `dpal-cache scan`)")
         if not manifest.exists():
@@ -30,6 +35,30 @@ def _manifest_for(data: Path, root: Path | None, manifest: Path | None, out: str
                 task = bar.add_task("scan", total=len(source), rate="")
                 scan(source, manifest, ScanConfig(), progress=lambda n: bar.update(task, advance=n))
     return source, read_manifest(manifest)
+
+
+def _extract_on_cluster(scheduler: str | None, dask_workers: int | None, **kwargs):
+    """``extract_distributed`` on the cluster at ``scheduler``, or on a local one of ``dask_workers`` processes."""
+    from distributed import Client, LocalCluster
+
+    from dpal_cache.extract.cluster import extract_distributed
+    from dpal_cache.teachers import CheckpointError
+
+    if logging.getLogger().level > logging.DEBUG:  # dask logs every connection at INFO; keep -v for that
+        logging.getLogger("distributed").setLevel(logging.WARNING)
+    try:
+        if scheduler is not None:
+            try:
+                client = Client(scheduler)
+            except OSError as exc:
+                raise fail(f"cannot reach the dask scheduler at {scheduler}: {exc}") from None
+            with client:
+                return extract_distributed(client=client, **kwargs)
+        with LocalCluster(n_workers=dask_workers, threads_per_worker=1, processes=True,
+                          dashboard_address=":0") as cluster, Client(cluster) as client:
+            return extract_distributed(client=client, **kwargs)
+    except (SourceError, CheckpointError, FileNotFoundError) as exc:  # raised on a worker setting up the run
+        raise fail(f"a dask worker could not set up the run: {exc}") from None
 
 
 @app.command("extract")
@@ -54,6 +83,11 @@ def extract_command(
     workers: int | None = typer.Option(None, "--workers", help="Decode/render workers (-1 = cores - 1)."),
     seed: int | None = typer.Option(None, "--seed", help="Seed of every view and crowd recipe."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing store instead of resuming it."),
+    scheduler: str | None = typer.Option(None, "--scheduler", help="Run one task per block on the dask cluster "
+                                         "at tcp://HOST:PORT (every worker must reach --data, --manifest, the "
+                                         "checkpoint and --out; see pipelines/extract_multinode.sh)."),
+    dask_workers: int | None = typer.Option(None, "--dask-workers", min=1, help="Run one task per block on a "
+                                            "local dask cluster of N single-threaded worker processes."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the store's size and layout; extract nothing."),
     config: Path | None = typer.Option(None, "--config", help=CONFIG_HELP),
     sets: list[str] | None = typer.Option(None, "--set", help=SET_HELP),
@@ -65,6 +99,9 @@ def extract_command(
     different config, teacher or manifest is refused (use --overwrite or a new --out).
     """
     setup_logging(verbose)
+    if scheduler is not None and dask_workers is not None:
+        raise fail("--scheduler and --dask-workers exclude each other")
+    distributed = scheduler is not None or dask_workers is not None
     cfg = resolve_config(
         ExtractConfig, config, sets, teacher=teacher, checkpoint=checkpoint, token_precision=precision,
         map_precision=map_precision, gram=gram, mask_at_extract=mask_at_extract, batch_size=batch_size,
@@ -78,7 +115,9 @@ def extract_command(
 
     try:
         source, table = _manifest_for(data, root, manifest, out)
-        model = load_teacher(cfg.teacher, cfg.checkpoint, pos_embed=cfg.pos_embed, seed=cfg.teacher_seed)
+        # on a cluster the workers load the teacher; the weights need not be readable here
+        model = None if distributed and not dry_run else load_teacher(
+            cfg.teacher, cfg.checkpoint, pos_embed=cfg.pos_embed, seed=cfg.teacher_seed)
     except (SourceError, CheckpointError, FileNotFoundError, ValueError) as exc:
         raise fail(str(exc)) from None
     if dry_run:
@@ -100,7 +139,12 @@ def extract_command(
             bar.update(task, advance=n, rate=f"{done / t.elapsed:,.1f} img/s" if t.elapsed else "")
 
         try:
-            summary = extract(cfg, source, table, out, teacher=model, overwrite=overwrite, progress=advance)
+            if distributed:
+                summary = _extract_on_cluster(scheduler, dask_workers, cfg=cfg, data=data, root=root,
+                                              manifest_path=manifest or _default_manifest(out), out=out,
+                                              overwrite=overwrite, progress=advance)
+            else:
+                summary = extract(cfg, source, table, out, teacher=model, overwrite=overwrite, progress=advance)
         except StoreError as exc:
             raise fail(str(exc)) from None
     if "://" not in out:

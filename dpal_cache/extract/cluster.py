@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import threading
+import weakref
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -80,8 +81,18 @@ class _WorkerSession:
     lock: threading.Lock  # a worker started with several threads still runs one block at a time
 
 
-_SESSIONS: dict[str, _WorkerSession] = {}  # worker address -> its session (in-process workers share this module)
+# one session per worker, dropped with the worker (in-process workers share this module)
+_SESSIONS: weakref.WeakKeyDictionary[Any, _WorkerSession] = weakref.WeakKeyDictionary()
 _SESSIONS_LOCK = threading.Lock()
+
+
+class _NoWorker:
+    """Stands for the worker when a task function is called directly (tests, debugging)."""
+
+    name = address = "local"
+
+
+_NO_WORKER = _NoWorker()
 
 
 def _current_worker():
@@ -89,8 +100,8 @@ def _current_worker():
 
     try:
         return get_worker()
-    except ValueError:  # called outside a worker (direct calls in tests)
-        return None
+    except ValueError:
+        return _NO_WORKER
 
 
 def _worker_config(cfg: ExtractConfig, worker) -> ExtractConfig:
@@ -98,7 +109,7 @@ def _worker_config(cfg: ExtractConfig, worker) -> ExtractConfig:
 
     Workers started with their own ``CUDA_VISIBLE_DEVICES`` see one GPU and are left alone.
     """
-    if cfg.device not in ("auto", "cuda") or worker is None or not isinstance(worker.name, int):
+    if cfg.device not in ("auto", "cuda") or not isinstance(worker.name, int):
         return cfg
     import torch
 
@@ -111,17 +122,17 @@ def _worker_config(cfg: ExtractConfig, worker) -> ExtractConfig:
 def _session(job: ExtractJob) -> _WorkerSession:
     """This worker's session for ``job``, built on first use (teacher, source, manifest loaded once)."""
     worker = _current_worker()
-    address = worker.address if worker is not None else "local"
     key = job.session_key()
     with _SESSIONS_LOCK:
-        entry = _SESSIONS.get(address)
+        entry = _SESSIONS.get(worker)
         if entry is None or entry.key != key:
-            _SESSIONS.pop(address, None)  # free the previous job's teacher before loading this one
+            _SESSIONS.pop(worker, None)  # free the previous job's teacher before loading this one
             source = open_source(job.data, job.root)
             manifest = read_manifest(job.manifest_path)
             session = ExtractSession(_worker_config(job.cfg, worker), source, manifest)
-            log.info("worker %s: teacher %s on %s, %d images", address, job.cfg.teacher, session.device, len(source))
-            entry = _SESSIONS[address] = _WorkerSession(key, session, threading.Lock())
+            log.info("worker %s: teacher %s on %s, %d images", worker.address, job.cfg.teacher, session.device,
+                     len(source))
+            entry = _SESSIONS[worker] = _WorkerSession(key, session, threading.Lock())
     return entry
 
 
@@ -143,12 +154,12 @@ def _block_task(block: int, job: ExtractJob, out: str, storage_options: dict | N
     entry = _session(job)
     group = store_io.open_store(out, mode="r+", storage_options=storage_options)
     meta = store_io.store_meta(group)
-    # a worker that sees other weights, data or code than the coordinator must not write into the store
+    # a worker that sees other weights, config or manifest than the coordinator must not write into the store
     check_resumable(meta, entry.session.attrs)
     if meta.get("calibration") is None:
         raise store_io.StoreError(f"{out} has no calibration yet; the coordinator writes it before any block")
     calib = load_calibration(group, meta)
-    counts = Counter()
+    counts: Counter[str] = Counter()
 
     def count(n: int, failed: int) -> None:
         counts["images"] += n
@@ -194,6 +205,7 @@ def extract_distributed(
     """Extract (or resume) the store at ``out`` with one dask task per unfinished block.
 
     Args:
+        cfg: as for ``extract``; ``cfg.workers`` is not used (each task renders its block in-process).
         data, root, manifest_path: the images and their manifest, as paths every worker can open.
         client: a connected ``distributed.Client``.
         progress: called with (images, of which failed) as each block finishes.
@@ -204,7 +216,11 @@ def extract_distributed(
     from distributed import as_completed
 
     start = time.perf_counter()
-    job = ExtractJob(cfg, str(data), None if root is None else str(root), str(manifest_path))
+    # workers may run elsewhere (shared filesystem): send absolute paths, not this process's cwd
+    if cfg.checkpoint is not None:
+        cfg = dataclasses.replace(cfg, checkpoint=Path(os.path.abspath(cfg.checkpoint)))
+    job = ExtractJob(cfg, os.path.abspath(data), None if root is None else os.path.abspath(root),
+                     os.path.abspath(manifest_path))
     if gpu is None:
         gpu = workers_have_gpus(client)
     opts: dict[str, Any] = {"pure": False, "retries": retries, "resources": {"GPU": 1} if gpu else None}
