@@ -8,8 +8,6 @@ from dpal_cache.cli.common import console
 
 # command -> (one-line help, issue that builds it)
 PLANNED: dict[str, tuple[str, int]] = {
-    "info": ("Describe a feature store: teacher, views, precision, completeness.", 4),
-    "verify": ("Check a feature store against its manifest and, optionally, the teacher.", 4),
     "train": ("Train a student + D-PaDe from a feature store, without the teacher.", 5),
     "export": ("Export the trained student as a plain timm backbone.", 5),
     "eval": ("Quick frozen-backbone probes: reid, attributes, parsing.", 6),

@@ -73,9 +73,9 @@ def completion(group, layout: StoreLayout) -> dict[str, Any]:
 def _array_rows(group, layout: StoreLayout, sizes: dict[str, int], images_written: int) -> list[dict[str, Any]]:
     specs = layout.arrays()
     rows = []
-    for path, arr in sorted(_arrays(group), key=lambda item: item[0]):
-        spec = specs.get(path)
-        per_image = spec.rows_per_image if spec is not None else 0
+    for path in sorted(specs):
+        arr = group[path]
+        per_image = specs[path].rows_per_image
         itemsize = np.dtype(arr.dtype).itemsize
         row_bytes = int(np.prod(arr.shape[1:], dtype=np.int64)) * itemsize
         nbytes = int(np.prod(arr.shape, dtype=np.int64)) * itemsize
@@ -97,13 +97,6 @@ def _array_rows(group, layout: StoreLayout, sizes: dict[str, int], images_writte
             "compression_ratio": written / data if data else None,
         })
     return rows
-
-
-def _arrays(group):
-    """(path, array) of every array below ``group``."""
-    import zarr
-
-    return [(name, node) for name, node in group.members(max_depth=None) if isinstance(node, zarr.Array)]
 
 
 def _per_row(rows: list[dict], prefix: str, n_rows: int) -> float | None:
