@@ -28,6 +28,7 @@ class Calibration:
     high: float  # 99th percentile
     explained: float  # fraction of patch-token variance the component explains
     token_scales: np.ndarray  # (2, D) float32 int8 scales: row 0 class tokens, row 1 patch tokens
+    token_stats: np.ndarray  # (4, D) float32: class mean, class std, patch mean, patch std
     images: int
 
     def attrs(self) -> dict:
@@ -70,6 +71,7 @@ def fit_calibration(tokens: np.ndarray, grid: tuple[int, int], images: int) -> C
         high=float(max(high, low + 1e-6)),
         explained=explained,
         token_scales=np.stack([fit_int8_scales(tokens[:, 0]), fit_int8_scales(tokens[:, 1:])]),
+        token_stats=np.stack([tokens[:, 0].mean(0), tokens[:, 0].std(0), mean, flat.std(0)]).astype(np.float32),
         images=images,
     )
 

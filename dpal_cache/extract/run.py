@@ -153,6 +153,7 @@ def load_calibration(group, meta: dict) -> Calibration:
         high=c["high"],
         explained=c["explained_variance"],
         token_scales=group["calibration/token_scales"][:],
+        token_stats=group["calibration/token_stats"][:],
         images=c["images"],
     )
 
@@ -279,7 +280,9 @@ class ExtractSession:
 
 def write_calibration(group, calib: Calibration) -> None:
     store_io.write_calibration(
-        group, {"pca_component": calib.component, "pca_mean": calib.mean, "token_scales": calib.token_scales}
+        group,
+        {"pca_component": calib.component, "pca_mean": calib.mean, "token_scales": calib.token_scales,
+         "token_stats": calib.token_stats},
     )
     store_io.update_meta(group, calibration=calib.attrs())
 

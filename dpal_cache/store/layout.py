@@ -88,13 +88,15 @@ class StoreLayout:
             # token 0 is the class token; folding it in saves one read per sample
             "views/tokens": ArraySpec((n * v, 1 + lv, d), (1, 1 + lv, d), (s * v, 1 + lv, d), tok, v),
             "views/attn_cls": ArraySpec((n * v, lv), (1, lv), (s * v, lv), amap, v),
-            "views/mask_score": ArraySpec((n * v, lv), (s * v, lv), None, "float16", v),
+            "views/mask_score": ArraySpec((n * v, lv), (1, lv), (s * v, lv), "float16", v),
             "views/params": ArraySpec((n * v, self.param_len), (s * v, self.param_len), None, "float64", v),
             "images/status": ArraySpec((n,), (s,), None, "uint8", 1),
             "shards/done": ArraySpec((self.n_shards,), (1,), None, "uint8"),
             "calibration/pca_component": ArraySpec((d,), (d,), None, "float32"),
             "calibration/pca_mean": ArraySpec((d,), (d,), None, "float32"),
             "calibration/token_scales": ArraySpec((2, d), (2, d), None, "float32"),  # class row, patch row
+            # per-channel target statistics: class mean, class std, patch mean, patch std
+            "calibration/token_stats": ArraySpec((4, d), (4, d), None, "float32"),
         }
         if c:
             specs["crowds/attn"] = ArraySpec((n * c, lc, lc), (1, lc, lc), (s * c, lc, lc), amap, c)
