@@ -16,7 +16,7 @@ import torch
 
 from dpal_cache.extract.calibrate import Calibration, mask_score
 from dpal_cache.store.layout import STATUS_OK, StoreLayout
-from dpal_cache.store.quant import decode_int8, encode_int8, encode_log8
+from dpal_cache.store.quant import decode_int8, decode_log8, encode_int8, encode_log8
 
 
 class TeacherStep:
@@ -62,6 +62,11 @@ class TeacherStep:
 
 def encode_map(x: np.ndarray, precision: str) -> np.ndarray:
     return encode_log8(x) if precision == "log8" else x.astype(np.float16)
+
+
+def decode_map(stored: np.ndarray) -> np.ndarray:
+    """Stored attention maps (fp16 or log8 uint8) -> float32 rows summing to 1."""
+    return decode_log8(stored) if stored.dtype == np.uint8 else stored.astype(np.float32)
 
 
 def encode_tokens(tokens: np.ndarray, precision: str, scales: np.ndarray) -> np.ndarray:

@@ -33,7 +33,7 @@ class ExtractConfig:
     token_precision: Literal["fp16", "int8"] = "fp16"
     map_precision: Literal["fp16", "log8"] = "fp16"
     gram: bool = False  # also store the release's gram relation softmax(F F^T / sqrt(D)) of crowd tokens
-    calibration_images: int = 256  # first ok images whose views fit the PCA mask and int8 scales
+    calibration_images: int = 256  # ok images, spread over the data, whose views fit the mask and int8 scales
     mask_at_extract: float | None = None  # store tokens multiplied by (mask_score > this) instead of full tokens
     amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
     decode: DecodeConfig = field(default_factory=DecodeConfig)

@@ -95,7 +95,10 @@ def make_layout(cfg: ExtractConfig, n_images: int, teacher) -> StoreLayout:
     )
 
 
-def store_attrs(cfg: ExtractConfig, layout: StoreLayout, teacher, manifest: pa.Table, source: ImageSource) -> dict:
+def store_attrs(cfg: ExtractConfig, layout: StoreLayout, teacher, manifest: pa.Table, source: ImageSource,
+                autocast: str = "none") -> dict:
+    """The store's attributes. ``autocast`` (bf16 on CUDA, else none) joins the identity: a store
+    must not mix blocks computed in bf16 with blocks computed in fp32."""
     return {
         "format_version": FORMAT_VERSION,
         "dpal_cache_version": __version__,
@@ -106,7 +109,7 @@ def store_attrs(cfg: ExtractConfig, layout: StoreLayout, teacher, manifest: pa.T
         "seed": cfg.views.seed,
         "precision": {"tokens": cfg.token_precision, "maps": cfg.map_precision,
                       "mask_at_extract": cfg.mask_at_extract},
-        "identity": store_identity(cfg),
+        "identity": {**store_identity(cfg), "autocast": autocast},
         "extract_config": to_dict(cfg),
         "manifest_fingerprint": manifest_fingerprint(manifest),
         "source": source.describe(),
@@ -191,8 +194,9 @@ class ExtractSession:
         backgrounds = Backgrounds(FolderSource(bg_dir)) if bg_dir is not None else None
         self.dataset = ExtractItems(catalog, cfg.views, backgrounds)
         self.layout = make_layout(cfg, len(catalog), self.teacher)
-        self.attrs = store_attrs(cfg, self.layout, self.teacher, manifest, source)
         self.step = TeacherStep(self.teacher, self.device, amp=cfg.amp, gram=cfg.gram)
+        autocast = "bf16" if self.step.amp else "none"
+        self.attrs = store_attrs(cfg, self.layout, self.teacher, manifest, source, autocast)
 
     def open_or_create(self, out: str, overwrite: bool = False, storage_options: dict | None = None):
         """Open the store at ``out`` to resume it (refusing a mismatch), or create it."""
@@ -214,9 +218,13 @@ class ExtractSession:
     def calibrate(self, workers: int = 0) -> Calibration:
         """Fit the mask component and int8 scales on the views of the first usable images."""
         cfg = self.cfg
-        chosen = self.dataset.catalog.ok[: cfg.calibration_images].tolist()
-        if not chosen:
+        ok = self.dataset.catalog.ok
+        if not len(ok):
             raise ValueError("no usable image to calibrate on: every image failed the scan")
+        # spread over the data set, not its first images: folders sorted by identity or video would
+        # otherwise calibrate on a handful of people
+        chosen = np.unique(np.linspace(0, len(ok) - 1, min(cfg.calibration_images, len(ok))).round().astype(int))
+        chosen = ok[chosen].tolist()
         batches = [chosen[i : i + cfg.batch_size] for i in range(0, len(chosen), cfg.batch_size)]
         tokens = [out["tokens"] for out in map(self.step, self._loader(batches, workers)) if "tokens" in out]
         if not tokens:

@@ -57,7 +57,7 @@ from dpal_cache.data.sources import FolderSource, open_source
 from dpal_cache.store.inspect import store_layout
 from dpal_cache.store.io import StoreError, done_blocks, get_bytes, open_store, store_meta
 from dpal_cache.store.layout import STATUS_FAILED, STATUS_OK, STATUS_PENDING, STATUS_SKIPPED, StoreLayout
-from dpal_cache.store.quant import decode_log8, kl_per_row, relative_l2
+from dpal_cache.store.quant import kl_per_row, relative_l2
 
 log = logging.getLogger(__name__)
 
@@ -163,11 +163,6 @@ def _add_problem(problems: list[str], text: str) -> None:
 
 
 # ---------------------------------------------------------------- decoding and error measures
-
-
-def decode_map(stored: np.ndarray) -> np.ndarray:
-    """Stored attention maps (fp16 or log8 uint8 codes) -> float32 probabilities."""
-    return decode_log8(stored) if stored.dtype == np.uint8 else stored.astype(np.float32)
 
 
 class ErrorStats:
@@ -480,7 +475,7 @@ def _replay(group, layout: StoreLayout, meta: dict[str, Any], replayer: _Replaye
         with ``mask_at_extract`` the patches whose stored keep/drop decision differs from the fresh score's.
     """
     from dpal_cache.extract.calibrate import mask_score
-    from dpal_cache.extract.compute import decode_tokens, encode_map, encode_tokens
+    from dpal_cache.extract.compute import decode_map, decode_tokens, encode_map, encode_tokens
     from dpal_cache.extract.run import load_calibration
 
     calib = load_calibration(group, meta)

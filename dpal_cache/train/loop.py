@@ -1,0 +1,297 @@
+"""``train``: the student + decoder from a feature store, without the teacher; resumable; DDP-ready.
+
+One process per GPU (torchrun sets RANK / WORLD_SIZE / LOCAL_RANK; without them this is a
+single process). Rank 0 writes ``RUN_DIR/config.yaml``, ``metrics.jsonl`` (one line per logged
+optimizer step: every loss component, lr, samples/s, data-wait fraction) and atomic
+checkpoints ``last.pt`` that carry the resolved config. ``resume=True`` continues from
+``last.pt`` exactly: weights, optimizer, EMA, RNG state and the position in the data.
+
+    summary = train(cfg, "feats.zarr", open_source("imgs/"), Path("runs/vit_tiny"))
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+from dpal_cache.config import dump_yaml, from_dict, to_dict
+from dpal_cache.data.sources import ImageSource
+from dpal_cache.extract.run import resolve_device
+from dpal_cache.train.checkpoint import load_checkpoint, save_checkpoint
+from dpal_cache.train.config import TrainConfig
+from dpal_cache.train.data import EpochSampler, StoreDataset, StoreMismatch, make_loader
+from dpal_cache.train.decoders import build_decoder
+from dpal_cache.train.ema import EMA
+from dpal_cache.train.model import DistillModel
+from dpal_cache.train.schedule import lr_at, scaled_lr
+from dpal_cache.train.students import StudentConfig, build_student
+
+log = logging.getLogger(__name__)
+
+LOSS_KEYS = ("loss", "global", "local", "relation", "router_ce", "expert_l2")
+Progress = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class TrainSummary:
+    run_dir: Path
+    steps: int = 0
+    epochs_done: float = 0.0
+    seconds: float = 0.0
+    first: dict[str, float] = field(default_factory=dict)  # losses of the first logged step of this run
+    last: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class DistEnv:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device_name: str) -> DistEnv:
+    """Join the torchrun process group when launched by torchrun; else a single process."""
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        return DistEnv()
+    env = DistEnv(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0)))
+    if not dist.is_initialized():
+        use_cuda = device_name != "cpu" and torch.cuda.is_available()
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    return env
+
+
+def param_groups(module: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """No weight decay on 1-D parameters (norms, biases) and learned tokens / position tables."""
+    decay, no_decay = [], []
+    for name, p in module.named_parameters():
+        if not p.requires_grad:
+            continue
+        skip = p.ndim <= 1 or name.endswith(("pos_embed", "cls_token", "query", "queries", "router_token"))
+        (no_decay if skip else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def check_resume_store(state: dict[str, Any], dataset: StoreDataset) -> None:
+    """A run resumes only on a store with the same teacher width (the decoder's output)."""
+    old, new = state["store"]["teacher"].get("embed_dim"), dataset.meta["teacher"].get("embed_dim")
+    if old != new:
+        raise StoreMismatch(
+            f"the run's decoder emits {old}-dim tokens but this store's teacher has {new} dims: "
+            "resume on the store the run started with, or start a new run"
+        )
+
+
+def build_model(cfg: TrainConfig, dataset: StoreDataset) -> DistillModel:
+    """Student at the store's view size, decoder from the student's to the teacher's width."""
+    layout = dataset.layout
+    student_cfg = StudentConfig(**{**cfg.student.__dict__, "img_size": tuple(dataset.views.global_view.size)})
+    student = build_student(student_cfg)
+    teacher_dim = int(layout["dim"])
+    decoder = build_decoder(cfg.decoder.kind, student.embed_dim, teacher_dim, cfg.decoder)
+    stats = torch.from_numpy(dataset.token_stats)
+    return DistillModel(student, decoder, cfg.loss, cfg.decoder, tuple(layout["view_grid"]),
+                        tuple(layout["crowd_grid"]), stats)
+
+
+def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    valid = batch["valid"]
+    keep = None if bool(valid.all()) else valid
+    out = {}
+    for key, value in batch.items():
+        if isinstance(value, torch.Tensor):
+            value = value[keep] if keep is not None else value
+            out[key] = value.to(device, non_blocking=True)
+        else:
+            out[key] = value
+    return out
+
+
+def train(
+    cfg: TrainConfig,
+    store: str,
+    source: ImageSource,
+    run_dir: Path,
+    resume: bool = False,
+    progress: Progress | None = None,
+    storage_options: dict | None = None,
+) -> TrainSummary:
+    """Train from the store at ``store``; see the module docstring."""
+    dataset = StoreDataset(store, source, relation=cfg.loss.relation, local_crop_cfg=cfg.local_crops,
+                           skip_changed=cfg.skip_changed,
+                           background_dir=str(cfg.background_dir) if cfg.background_dir else None,
+                           storage_options=storage_options)
+    return run_training(cfg, dataset, run_dir, resume, progress, store_ref=store)
+
+
+def run_training(
+    cfg: TrainConfig,
+    dataset,
+    run_dir: Path,
+    resume: bool = False,
+    progress: Progress | None = None,
+    prepare: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+    store_ref: str = "",
+) -> TrainSummary:
+    """The loop, for any dataset that serves StoreDataset's batches (``views``, ``layout``,
+    ``token_stats``, ``meta``, ``seed``); ``prepare`` completes a batch on the device (online mode
+    computes the teacher targets there)."""
+    env = init_distributed(cfg.device)
+    device = resolve_device(cfg.device)
+    if device.type == "cuda" and env.world > 1:
+        device = torch.device("cuda", env.local_rank)
+        torch.cuda.set_device(device)
+    run_dir = Path(run_dir)
+    last_path = run_dir / "last.pt"
+    if env.main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    if not resume and last_path.exists():
+        raise FileExistsError(f"{run_dir} already holds a run (last.pt): pass --resume, or choose another --out")
+    state = load_checkpoint(last_path) if resume else None
+    if state is not None and state["config"] != to_dict(cfg):
+        saved = from_dict(TrainConfig, state["config"])
+        raise StoreMismatch(f"--resume with a different config than the run's ({run_dir}/config.yaml); "
+                            f"run with that config (saved student: {saved.student.name})")
+
+    if state is not None:
+        check_resume_store(state, dataset)
+    torch.manual_seed(cfg.seed)  # same initial weights on every rank
+    model = build_model(cfg, dataset).to(device)
+    ema = EMA(model.student, cfg.ema_decay) if cfg.ema_decay else None
+    ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                  find_unused_parameters=True) if env.world > 1 else None
+    sampler_args = dict(n=len(dataset), batch_size=cfg.batch_size, end_epoch=cfg.epochs, seed=cfg.seed,
+                        rank=env.rank, world=env.world)
+    per_epoch = EpochSampler(**sampler_args).batches_per_epoch()
+    steps_per_epoch = max(1, per_epoch // cfg.optim.accum_steps)
+    total_steps = cfg.epochs * steps_per_epoch
+    total_steps_run = min(total_steps, cfg.max_steps) if cfg.max_steps is not None else total_steps
+    peak = scaled_lr(cfg.optim.base_lr, cfg.batch_size * env.world * cfg.optim.accum_steps)
+    warmup = int(round(cfg.optim.warmup_epochs * steps_per_epoch))
+    optimizer = torch.optim.AdamW(param_groups(model, cfg.optim.weight_decay), lr=peak, betas=cfg.optim.betas)
+
+    step, epoch, batch_in_epoch = 0, 0, 0
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if ema is not None:
+            ema.load_state_dict(state["ema"])
+        step, epoch, batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+        torch.set_rng_state(state["rng_cpu"])
+        if device.type == "cuda" and state.get("rng_cuda") is not None:
+            torch.cuda.set_rng_state(state["rng_cuda"], device)
+        log.info("resumed %s at step %d (epoch %d, batch %d)", run_dir, step, epoch, batch_in_epoch)
+    if env.main:
+        dump_yaml(cfg, run_dir / "config.yaml")
+
+    sampler = EpochSampler(**sampler_args, start_epoch=epoch, start_batch=batch_in_epoch)
+    loader = make_loader(dataset, sampler, cfg.workers, pin_memory=device.type == "cuda")
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if cfg.amp and device.type == "cuda"
+                else contextlib.nullcontext())
+    forward = ddp if ddp is not None else model
+    metrics = open(run_dir / "metrics.jsonl", "a") if env.main else None
+    summary = TrainSummary(run_dir=run_dir)
+    start = time.perf_counter()
+    wait = compute = 0.0
+    samples = 0
+    accum = {k: 0.0 for k in LOSS_KEYS}
+    micro = 0
+    t_fetch = time.perf_counter()
+
+    def checkpoint() -> None:
+        if not env.main:
+            return
+        save_checkpoint(last_path, {
+            "config": to_dict(cfg),
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "ema": ema.state_dict() if ema is not None else None,
+            "step": step,
+            "epoch": epoch,
+            "batch_in_epoch": batch_in_epoch,
+            "rng_cpu": torch.get_rng_state(),
+            "rng_cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+            "student": {"timm_name": model.student.timm_name, "timm_kwargs": model.student.timm_kwargs},
+            "store": {"url": store_ref, "teacher": dataset.meta["teacher"], "views_seed": dataset.seed},
+        })
+
+    try:
+        for batch in loader:
+            if step >= total_steps_run:
+                break
+            t_got = time.perf_counter()
+            wait += t_got - t_fetch
+            batch_epoch = int(batch["epoch"][0])
+            batch = _to_device(batch, device)
+            if prepare is not None:
+                batch = prepare(batch)
+            lr = lr_at(step, total_steps, warmup, peak, cfg.optim.min_lr)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            with autocast:
+                out = forward(batch, batch_epoch)
+            (out["loss"] / cfg.optim.accum_steps).backward()
+            for k in LOSS_KEYS:
+                accum[k] += float(out[k].detach()) / cfg.optim.accum_steps
+            samples += int(batch["global_view"].shape[0])
+            micro += 1
+            if batch_epoch != epoch:
+                epoch, batch_in_epoch = batch_epoch, 0
+            batch_in_epoch += 1  # (epoch, batch_in_epoch) is where the data resumes
+            if micro % cfg.optim.accum_steps:
+                t_fetch = time.perf_counter()
+                compute += t_fetch - t_got
+                continue
+            if not all(math.isfinite(v) for v in accum.values()):
+                raise FloatingPointError(f"non-finite loss at step {step}: {accum}; lower the lr or check the store")
+            if cfg.optim.clip_grad is not None:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.clip_grad)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if ema is not None:
+                ema.update(model.student)
+            step += 1
+            t_fetch = time.perf_counter()
+            compute += t_fetch - t_got
+            record = {"step": step, "epoch": round(epoch + batch_in_epoch / per_epoch, 4), "lr": lr,
+                      **{k: round(v, 6) for k, v in accum.items()}}
+            if not summary.first:
+                summary.first = dict(record)
+            summary.last = dict(record)
+            if step % cfg.log_every == 0 or step == total_steps_run:
+                elapsed = wait + compute
+                record.update(samples_per_s=round(samples * env.world / max(elapsed, 1e-9), 2),
+                              data_wait=round(wait / max(elapsed, 1e-9), 4))
+                if metrics is not None:
+                    metrics.write(json.dumps(record) + "\n")
+                    metrics.flush()
+                wait = compute = 0.0
+                samples = 0
+            if progress is not None and env.main:
+                progress(record)
+            accum = {k: 0.0 for k in LOSS_KEYS}
+            if step % cfg.checkpoint_every == 0 or step == total_steps_run:
+                checkpoint()
+    finally:
+        if metrics is not None:
+            metrics.close()
+    summary.steps = step
+    summary.epochs_done = epoch + batch_in_epoch / per_epoch
+    summary.seconds = time.perf_counter() - start
+    log.info("trained %d steps in %.1fs; last loss %.4f", step, summary.seconds, summary.last.get("loss", float("nan")))
+    return summary
