@@ -25,8 +25,8 @@ import json
 import logging
 import os
 import threading
-import weakref
 import time
+import weakref
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path

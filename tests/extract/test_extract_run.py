@@ -7,10 +7,10 @@ import pytest
 import zarr
 
 from dpal_cache.data.catalog import Catalog
+from dpal_cache.extract.compute import decode_tokens
 from dpal_cache.extract.run import extract
 from dpal_cache.store.io import StoreError, open_store, store_meta
 from dpal_cache.store.layout import STATUS_FAILED, STATUS_OK, STATUS_SKIPPED
-from dpal_cache.extract.compute import decode_tokens
 from dpal_cache.store.quant import decode_log8, kl_per_row, relative_l2
 from dpal_cache.views.crowd import CrowdRecipe
 

@@ -12,7 +12,6 @@ import torch.nn.functional as F
 
 from dpal_cache.teachers.checkpoint import file_sha256, load_state_dict
 from dpal_cache.teachers.model import Teacher, load_teacher
-from dpal_cache.teachers.registry import get_teacher_spec
 
 
 def _images(h: int = 32, w: int = 16, b: int = 2, seed: int = 0) -> torch.Tensor:
