@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 import zarr
 from distributed import Client, LocalCluster, WorkerPlugin
 from typer.testing import CliRunner
@@ -27,14 +26,6 @@ from dpal_cache.views.config import CrowdConfig, GlobalViewConfig, LocalCropConf
 
 SHARD = 3  # 10 persons + 1 broken file: 11 images in blocks of 3, 3, 3, 2
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Like the dask worker processes (dask sets OMP_NUM_THREADS=1): 2-core CI runs two test processes."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

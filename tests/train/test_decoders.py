@@ -15,14 +15,6 @@ from dpal_cache.train.decoders.dpade import DPaDe
 DS, DT = 32, 48  # small student / teacher widths
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These models are small: one intra-op thread is as fast, and immune to oversubscribed CPUs."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def assert_close(ours: torch.Tensor, ref: torch.Tensor, name: str, max_tol: float = 1e-5, mean_tol: float = 1e-6):
     """Compare with a reference, reporting max and mean absolute differences."""

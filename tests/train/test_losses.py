@@ -20,14 +20,6 @@ from dpal_cache.train.losses import (
 )
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These models are small: one intra-op thread is as fast, and immune to oversubscribed CPUs."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def gram(tokens: torch.Tensor) -> torch.Tensor:
     return torch.softmax(tokens @ tokens.transpose(1, 2) / math.sqrt(tokens.shape[-1]), dim=-1)

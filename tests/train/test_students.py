@@ -24,14 +24,6 @@ STUDENTS = {
 }
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These models are small: one intra-op thread is as fast, and immune to oversubscribed CPUs."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="module")
 def students():
