@@ -88,7 +88,8 @@ def extract_command(
                                          "checkpoint and --out; see pipelines/extract_multinode.sh)."),
     dask_workers: int | None = typer.Option(None, "--dask-workers", min=1, help="Run one task per block on a "
                                             "local dask cluster of N single-threaded worker processes."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Print the store's size and layout; extract nothing."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the store's size, layout and a time estimate "
+                                 "(teacher forward timed on random batches); extract nothing."),
     config: Path | None = typer.Option(None, "--config", help=CONFIG_HELP),
     sets: list[str] | None = typer.Option(None, "--set", help=SET_HELP),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
@@ -128,6 +129,15 @@ def extract_command(
         table_.add_row("rows", f"{layout.views_per_image} views + {layout.crowds_per_image} crowds per image")
         per = layout.bytes_per_image()
         table_.add_row("size (uncompressed)", f"{per / 2**10:,.1f} KiB/image, {per * len(source) / 2**30:,.2f} GiB")
+        from dpal_cache.extract.estimate import teacher_seconds_per_image
+        from dpal_cache.extract.run import resolve_device
+
+        device = resolve_device(cfg.device)
+        with console.status("timing the teacher on random batches"):
+            per_image = teacher_seconds_per_image(model, cfg, device)
+        hours = per_image * len(source) / 3600
+        table_.add_row("time (teacher only)", f"{per_image * 1000:,.1f} ms/image on {device} at batch "
+                       f"{cfg.batch_size}: {hours:,.2f} h for all images (decode/render/write overlap it)")
         console.print(table_)
         return
     with progress_bar() as bar:

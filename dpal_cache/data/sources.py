@@ -219,7 +219,8 @@ class LmdbSource(ImageSource):
     """A LUPerson-style LMDB: values are raw encoded image bytes.
 
     Keys come from ``keys.pkl`` next to (or inside) the LMDB folder when present (a pickled
-    list of str/bytes, in its order), else from the database itself in LMDB's byte order.
+    list of str/bytes in its order, or fast-reid's ``{'keys': [...], 'pids': [...]}``), else from
+    the database itself in LMDB's byte order.
     Needs the optional ``lmdb`` package (``pip install dpal-cache[lmdb]``).
     """
 
@@ -253,9 +254,14 @@ class LmdbSource(ImageSource):
             raise
         except Exception as exc:
             raise SourceError(f"{path}: not a readable keys pickle: {exc}") from None
+        if isinstance(keys, dict) and "keys" in keys:
+            keys = keys["keys"]  # fast-reid's LUPerson subsets: {'keys': [...], 'pids': [...]}
         if not isinstance(keys, (list, tuple)) or not all(isinstance(k, (str, bytes)) for k in keys):
-            raise SourceError(f"{path}: expected a list of str/bytes keys")
-        return [k.encode("utf-8") if isinstance(k, str) else k for k in keys]
+            raise SourceError(f"{path}: expected a list of str/bytes keys (or a dict with a 'keys' list)")
+        keys = [k.encode("utf-8") if isinstance(k, str) else k for k in keys]
+        if len(set(keys)) != len(keys):
+            raise SourceError(f"{path}: some keys are listed more than once")
+        return keys
 
     def _open(self):
         import lmdb

@@ -30,6 +30,7 @@ class Calibration:
     token_scales: np.ndarray  # (2, D) float32 int8 scales: row 0 class tokens, row 1 patch tokens
     token_stats: np.ndarray  # (4, D) float32: class mean, class std, patch mean, patch std
     images: int
+    measured: dict | None = None  # codec error on the calibration outputs (compute.measure_precision)
 
     def attrs(self) -> dict:
         """The scalar results, for the store's attributes (arrays go to calibration/*)."""

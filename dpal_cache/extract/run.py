@@ -10,6 +10,7 @@ manifest is refused with the differences listed (``overwrite=True`` starts again
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import logging
 import os
@@ -32,7 +33,7 @@ from dpal_cache.data.catalog import Catalog
 from dpal_cache.data.manifest import manifest_fingerprint
 from dpal_cache.data.sources import FolderSource, ImageSource
 from dpal_cache.extract.calibrate import Calibration, fit_calibration
-from dpal_cache.extract.compute import BlockBuffer, TeacherStep
+from dpal_cache.extract.compute import BlockBuffer, TeacherStep, measure_precision
 from dpal_cache.extract.config import RUNTIME_FIELDS, ExtractConfig
 from dpal_cache.extract.items import Backgrounds, ExtractItems, block_batches, collate
 from dpal_cache.store import io as store_io
@@ -226,12 +227,19 @@ class ExtractSession:
         chosen = np.unique(np.linspace(0, len(ok) - 1, min(cfg.calibration_images, len(ok))).round().astype(int))
         chosen = ok[chosen].tolist()
         batches = [chosen[i : i + cfg.batch_size] for i in range(0, len(chosen), cfg.batch_size)]
-        tokens = [out["tokens"] for out in map(self.step, self._loader(batches, workers)) if "tokens" in out]
-        if not tokens:
+        outs = [out for out in map(self.step, self._loader(batches, workers)) if "tokens" in out]
+        if not outs:
             raise ValueError("no calibration image could be read at extract time")
-        calib = fit_calibration(np.concatenate(tokens), self.layout.view_grid, images=len(chosen))
-        log.info("calibration on %d images: mask component explains %.1f%% of patch variance",
-                 len(chosen), 100 * calib.explained)
+        tokens = np.concatenate([o["tokens"] for o in outs])
+        calib = fit_calibration(tokens, self.layout.view_grid, images=len(chosen))
+        maps = {"attn_cls": np.concatenate([o["attn_cls"] for o in outs])}
+        for key, name in (("crowd_attn", "crowd_attn"), ("crowd_gram", "crowd_gram")):
+            if all(key in o for o in outs):
+                maps[name] = np.concatenate([o[key] for o in outs])
+        measured = measure_precision(self.layout, calib.token_scales, tokens, maps)
+        calib = dataclasses.replace(calib, measured=measured)
+        log.info("calibration on %d images: mask component explains %.1f%% of patch variance; codec error %s",
+                 len(chosen), 100 * calib.explained, {k: f"{v:.2e}" for k, v in measured.items()})
         return calib
 
     def ensure_calibration(self, group, workers: int = 0) -> Calibration:
@@ -292,7 +300,8 @@ def write_calibration(group, calib: Calibration) -> None:
         {"pca_component": calib.component, "pca_mean": calib.mean, "token_scales": calib.token_scales,
          "token_stats": calib.token_stats},
     )
-    store_io.update_meta(group, calibration=calib.attrs())
+    precision = {**store_io.store_meta(group).get("precision", {}), "measured": calib.measured}
+    store_io.update_meta(group, calibration=calib.attrs(), precision=precision)
 
 
 def finalize(group) -> bool:

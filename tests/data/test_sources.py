@@ -324,6 +324,17 @@ def test_lmdb_keys_pkl_of_bytes_next_to_the_folder(tmp_path: Path, make_lmdb, no
     assert [data for _, _, data in src] == [items[k.encode()] for k in order]
 
 
+def test_lmdb_keys_pkl_in_fast_reid_dict_form_and_duplicates(tmp_path: Path, make_lmdb, noise_jpeg):
+    items = _lup_items(noise_jpeg)
+    db = make_lmdb(tmp_path / "lmdb", items)
+    order = [LUP_KEYS[3], LUP_KEYS[1]]
+    (db / "keys.pkl").write_bytes(pickle.dumps({"keys": order, "pids": [7, 9]}))
+    assert _keys(LmdbSource(db)) == order
+    (db / "keys.pkl").write_bytes(pickle.dumps([LUP_KEYS[0], LUP_KEYS[0]]))
+    with pytest.raises(SourceError, match="more than once"):
+        LmdbSource(db)
+
+
 def test_lmdb_without_keys_pkl_uses_byte_order(tmp_path: Path, make_lmdb, noise_jpeg):
     items = _lup_items(noise_jpeg)
     items[b"\xffodd"] = b"raw"  # a key that is not UTF-8 still reads
@@ -369,8 +380,8 @@ def test_keys_pkl_that_would_run_code_is_refused_without_running_it(tmp_path: Pa
 
 @pytest.mark.parametrize(
     "payload",
-    [pickle.dumps({"keys": LUP_KEYS}), pickle.dumps([1, 2]), b"not a pickle", pickle.dumps(LUP_KEYS)[:-3]],
-    ids=["dict", "ints", "garbage", "cut"],
+    [pickle.dumps({"names": LUP_KEYS}), pickle.dumps([1, 2]), b"not a pickle", pickle.dumps(LUP_KEYS)[:-3]],
+    ids=["dict-without-keys", "ints", "garbage", "cut"],
 )
 def test_malformed_keys_pkl(tmp_path: Path, make_lmdb, noise_jpeg, payload: bytes):
     db = make_lmdb(tmp_path / "lmdb", _lup_items(noise_jpeg))
