@@ -73,7 +73,8 @@ def _summary_table(report: dict[str, Any]) -> Table:
     masked = f", tokens masked at score > {p['mask_at_extract']}" if p["mask_at_extract"] is not None else ""
     measured = p.get("measured")
     table.add_row("precision", f"tokens {p['tokens']}, maps {p['maps']}{masked}; measured error: "
-                  + (json.dumps(measured) if measured else "not recorded (run `dpal-cache verify`)"))
+                  + (", ".join(f"{k.replace('_', ' ')} {v:.2e}" for k, v in measured.items()) + " (calibration images)"
+                     if measured else "not recorded (run `dpal-cache verify`)"))
     cal = report["calibration"]
     if cal:
         table.add_row("calibration", f"{cal.get('images')} images; mask component explains "
