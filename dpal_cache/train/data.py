@@ -21,7 +21,7 @@ import asyncio
 import io
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -54,6 +54,90 @@ STREAM_EPOCH_ORDER = 7
 
 class StoreMismatch(Exception):
     """The store cannot serve this training run; the message says what to do."""
+
+
+def sample_keys(keys: list[int], images: np.ndarray) -> tuple[list[int], list[int]]:
+    """Sampled keys (``epoch * n + k``, see EpochSampler) -> (dataset indices ``images[k]``, epochs)."""
+    n = len(images)
+    return [int(images[int(key) % n]) for key in keys], [int(key) // n for key in keys]
+
+
+def epoch_choice(seed: int, stream: int, index: int, epoch: int, n: int) -> int:
+    """Which of image ``index``'s ``n`` cached views (``STREAM_EPOCH_VIEW``) or crowd images
+    (``STREAM_EPOCH_CROWD``) trains in ``epoch``: a pure function, shared with online mode."""
+    return min(n - 1, int(uniforms(seed, stream, index, epoch, 0, 1)[0] * n))
+
+
+def render_sample(catalog: Catalog, index: int, epoch: int, view_params: np.ndarray, recipe: np.ndarray,
+                  local_crop_cfg: LocalCropConfig, seed: int, backgrounds: Backgrounds | None = None):
+    """The student inputs of one sample: the global view rendered from its parameter vector (bitwise
+    the pixels the teacher saw), fresh local crops, the crowd image rendered from its recipe vector.
+
+    Returns:
+        (global view uint8 (3, H, W), list of uint8 (3, h, w) crops, crowd uint8 (3, Hc, Wc)).
+    Raises:
+        ImageUnavailable: the image or one of its crowd partners cannot be used.
+    """
+    rgb = catalog.load(index)
+    global_view = render_view(rgb, view_params)
+    crops = local_crops(local_crop_cfg, seed, epoch, index, rgb)
+    crowd = CrowdRecipe.from_vector(recipe)
+    loaded = {index: rgb}
+    for j in crowd.dataset_indices():
+        if j not in loaded:
+            loaded[j] = catalog.load(j)
+    background = None
+    if crowd.background_kind == "folder":
+        if backgrounds is None:
+            raise StoreMismatch("the store's crowds use a background folder: pass background_dir")
+        background = backgrounds.load(crowd.background_index)
+    return global_view, crops, render_crowd(crowd, loaded, background)
+
+
+def render_inputs(images: list[int], epochs: list[int], render: Callable[[int], tuple], views: ViewsConfig,
+                  local_crop_cfg: LocalCropConfig, skip_changed: bool) -> dict[str, torch.Tensor]:
+    """The input half of a batch: ``render(k)`` renders sample ``k`` (render_sample's triple).
+
+    An image that changed since the scan is an error, or with ``skip_changed`` a blank sample
+    whose ``valid`` entry is False.
+    """
+    globals_, locals_, crowds, valid = [], [], [], []
+    for k in range(len(images)):
+        try:
+            g, loc, crowd = render(k)
+            valid.append(True)
+        except ImageUnavailable as exc:
+            if not (skip_changed and exc.reason in ("changed", "missing", "unreadable")):
+                raise StoreMismatch(
+                    f"{exc}. The source no longer matches the store's manifest: restore the file, "
+                    "re-run scan + extract, or train with --skip-changed"
+                ) from None
+            g = torch.zeros((3, *views.global_view.size), dtype=torch.uint8)
+            loc = [torch.zeros((3, *local_crop_cfg.size), dtype=torch.uint8)] * local_crop_cfg.count
+            crowd = torch.zeros((3, *views.crowd.size), dtype=torch.uint8)
+            valid.append(False)
+        globals_.append(g)
+        locals_.append(torch.stack(loc))
+        crowds.append(crowd)
+    return {
+        "index": torch.as_tensor(images),
+        "epoch": torch.as_tensor(epochs),
+        "valid": torch.as_tensor(valid),
+        "global_view": torch.stack(globals_),  # (B, 3, H, W) uint8
+        "local_crops": torch.stack(locals_),  # (B, K, 3, h, w) uint8
+        "crowd": torch.stack(crowds),  # (B, 3, Hc, Wc) uint8
+    }
+
+
+def decode_targets(rows: dict[str, np.ndarray], token_scales: np.ndarray,
+                   relation_array: str) -> dict[str, torch.Tensor]:
+    """Stored target rows, one per sample (store arrays by name) -> the float32 ``t_*`` entries of a batch."""
+    return {
+        "t_tokens": torch.from_numpy(decode_tokens(rows["views/tokens"], token_scales)),  # (B, 1+L, D)
+        "t_attn_cls": torch.from_numpy(decode_map(rows["views/attn_cls"])),  # (B, L)
+        "t_mask_score": torch.from_numpy(rows["views/mask_score"].astype(np.float32)),  # (B, L)
+        "t_relation": torch.from_numpy(decode_map(rows[relation_array])),  # (B, Lc, Lc) or (B, Lc+1, Lc+1)
+    }
 
 
 class StoreDataset(Dataset):
@@ -128,6 +212,31 @@ class StoreDataset(Dataset):
         self.seed = int(self.views.seed)
         self._group = None
         self._pid = -1
+        self._check_source()
+
+    def _check_source(self, samples: int = 4) -> None:
+        """Load a few usable images spread over the data now, so that other images under the same
+        names (which the key fingerprint cannot tell apart) or changed files fail before training."""
+        if len(self.images) == 0:
+            return
+        picks = np.unique(self.images[np.linspace(0, len(self.images) - 1, min(samples, len(self.images))).astype(int)])
+        failed = []
+        for i in picks:
+            try:
+                self.catalog.load(int(i))
+            except ImageUnavailable as exc:
+                failed.append(exc)
+        if failed and len(failed) == len(picks):
+            raise StoreMismatch(
+                f"none of the {len(picks)} images checked matches the store's manifest ({failed[0]}): the images "
+                f"given ({self.catalog.source.describe()}) are not the ones the store was extracted from: pass the "
+                "same --data as for extract"
+            )
+        if failed and not self.skip_changed:
+            raise StoreMismatch(
+                f"{failed[0]}. The source no longer matches the store's manifest: restore the file, "
+                "re-run scan + extract, or train with --skip-changed"
+            )
 
     def __len__(self) -> int:
         return len(self.images)
@@ -143,9 +252,6 @@ class StoreDataset(Dataset):
             self._group = store_io.open_store(self.url, "r", self.storage_options)
             self._pid = os.getpid()
         return self._group
-
-    def _choice(self, stream: int, index: int, epoch: int, n: int) -> int:
-        return min(n - 1, int(uniforms(self.seed, stream, index, epoch, 0, 1)[0] * n))
 
     def _read_rows(self, rows: dict[str, list[int]]) -> dict[str, np.ndarray]:
         """One gathered async read of many rows of several arrays: {name: (B, ...)}."""
@@ -170,67 +276,24 @@ class StoreDataset(Dataset):
 
     def __getitems__(self, keys: list[int]) -> dict[str, Any]:
         """A whole batch (already collated): inputs uint8, targets float32, ``valid`` mask."""
-        n = len(self.images)
-        epochs = [int(k) // n for k in keys]
-        images = [int(self.images[int(k) % n]) for k in keys]
-        view_rows = [i * self.v + self._choice(STREAM_EPOCH_VIEW, i, e, self.v) for i, e in zip(images, epochs)]
-        crowd_rows = [i * self.c + self._choice(STREAM_EPOCH_CROWD, i, e, self.c) for i, e in zip(images, epochs)]
+        images, epochs = sample_keys(keys, self.images)
+        view_rows = [i * self.v + epoch_choice(self.seed, STREAM_EPOCH_VIEW, i, e, self.v)
+                     for i, e in zip(images, epochs)]
+        crowd_rows = [i * self.c + epoch_choice(self.seed, STREAM_EPOCH_CROWD, i, e, self.c)
+                      for i, e in zip(images, epochs)]
         got = self._read_rows({
             "views/tokens": view_rows,
             "views/attn_cls": view_rows,
             "views/mask_score": view_rows,
             self.relation_array: crowd_rows,
         })
-        globals_, locals_, crowds, valid = [], [], [], []
-        for i, e, vr, cr in zip(images, epochs, view_rows, crowd_rows):
-            try:
-                g, loc, cw = self._render(i, e, vr, cr)
-                valid.append(True)
-            except ImageUnavailable as exc:
-                if not (self.skip_changed and exc.reason in ("changed", "missing", "unreadable")):
-                    raise StoreMismatch(
-                        f"{exc}. The source no longer matches the store's manifest: restore the file, "
-                        "re-run scan + extract, or train with --skip-changed"
-                    ) from None
-                g, loc, cw = self._blank()
-                valid.append(False)
-            globals_.append(g)
-            locals_.append(torch.stack(loc))
-            crowds.append(cw)
-        return {
-            "index": torch.as_tensor(images),
-            "epoch": torch.as_tensor(epochs),
-            "valid": torch.as_tensor(valid),
-            "global_view": torch.stack(globals_),  # (B, 3, H, W) uint8
-            "local_crops": torch.stack(locals_),  # (B, K, 3, h, w) uint8
-            "crowd": torch.stack(crowds),  # (B, 3, Hc, Wc) uint8
-            "t_tokens": torch.from_numpy(decode_tokens(got["views/tokens"], self.token_scales)),  # (B, 1+L, D)
-            "t_attn_cls": torch.from_numpy(decode_map(got["views/attn_cls"])),  # (B, L)
-            "t_mask_score": torch.from_numpy(got["views/mask_score"].astype(np.float32)),  # (B, L)
-            "t_relation": torch.from_numpy(decode_map(got[self.relation_array])),  # (B, Lc, Lc) or (B, Lc+1, Lc+1)
-        }
 
-    def _render(self, index: int, epoch: int, view_row: int, crowd_row: int):
-        rgb = self.catalog.load(index)
-        global_view = render_view(rgb, self.params[view_row])
-        crops = local_crops(self.local_crop_cfg, self.seed, epoch, index, rgb)
-        recipe = CrowdRecipe.from_vector(self.recipes[crowd_row])
-        loaded = {index: rgb}
-        for j in recipe.dataset_indices():
-            if j not in loaded:
-                loaded[j] = self.catalog.load(j)
-        background = None
-        if recipe.background_kind == "folder":
-            if self.backgrounds is None:
-                raise StoreMismatch("the store's crowds use a background folder: pass background_dir")
-            background = self.backgrounds.load(recipe.background_index)
-        return global_view, crops, render_crowd(recipe, loaded, background)
+        def render(k: int):
+            return render_sample(self.catalog, images[k], epochs[k], self.params[view_rows[k]],
+                                 self.recipes[crowd_rows[k]], self.local_crop_cfg, self.seed, self.backgrounds)
 
-    def _blank(self):
-        (vh, vw), (lh, lw), (ch, cw) = self.views.global_view.size, self.local_crop_cfg.size, self.views.crowd.size
-        z = torch.zeros
-        return (z((3, vh, vw), dtype=torch.uint8), [z((3, lh, lw), dtype=torch.uint8)] * self.local_crop_cfg.count,
-                z((3, ch, cw), dtype=torch.uint8))
+        batch = render_inputs(images, epochs, render, self.views, self.local_crop_cfg, self.skip_changed)
+        return {**batch, **decode_targets(got, self.token_scales, self.relation_array)}
 
 
 class EpochSampler(Sampler[list[int]]):
@@ -276,7 +339,9 @@ def _batch_as_is(batch: dict[str, Any]) -> dict[str, Any]:
 def make_loader(dataset: StoreDataset, sampler: EpochSampler, workers: int, pin_memory: bool = False) -> DataLoader:
     """DataLoader over ``sampler``'s batches (``__getitems__`` returns them collated already).
 
-    Remote stores need ``forkserver``: fsspec/obstore clients hang after fork once used.
+    Remote stores need ``forkserver``: fsspec/obstore clients hang after fork once used. The
+    loader has its own generator: iterating it must not draw from the global torch RNG, which a
+    checkpoint restores (drop-path would otherwise see other numbers after a resume).
     """
     url = getattr(dataset, "url", "")
     remote = "://" in url and not url.startswith("file://")
@@ -288,4 +353,5 @@ def make_loader(dataset: StoreDataset, sampler: EpochSampler, workers: int, pin_
         pin_memory=pin_memory,
         multiprocessing_context=("forkserver" if remote else None) if workers else None,
         prefetch_factor=4 if workers else None,
+        generator=torch.Generator().manual_seed(0),
     )

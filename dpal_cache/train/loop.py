@@ -4,7 +4,10 @@ One process per GPU (torchrun sets RANK / WORLD_SIZE / LOCAL_RANK; without them 
 single process). Rank 0 writes ``RUN_DIR/config.yaml``, ``metrics.jsonl`` (one line per logged
 optimizer step: every loss component, lr, samples/s, data-wait fraction) and atomic
 checkpoints ``last.pt`` that carry the resolved config. ``resume=True`` continues from
-``last.pt`` exactly: weights, optimizer, EMA, RNG state and the position in the data.
+``last.pt`` exactly: weights, optimizer, EMA, RNG state and the position in the data. A resumed
+run must have the same config except the runtime fields (``RUNTIME_FIELDS``: how far, where and
+how it runs, never what it computes). ``cfg.tensorboard`` also writes the metric lines as
+TensorBoard scalars into ``RUN_DIR/tb``.
 
     summary = train(cfg, "feats.zarr", open_source("imgs/"), Path("runs/vit_tiny"))
 """
@@ -26,7 +29,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from dpal_cache.config import dump_yaml, from_dict, to_dict
+from dpal_cache.config import dump_yaml, to_dict
 from dpal_cache.data.sources import ImageSource
 from dpal_cache.extract.run import resolve_device
 from dpal_cache.train.checkpoint import load_checkpoint, save_checkpoint
@@ -41,6 +44,9 @@ from dpal_cache.train.students import StudentConfig, build_student
 log = logging.getLogger(__name__)
 
 LOSS_KEYS = ("loss", "global", "local", "relation", "router_ce", "expert_l2")
+# may differ between a run and its resume: they decide how far, where and how the run goes, not its values
+RUNTIME_FIELDS = ("max_steps", "workers", "device", "log_every", "checkpoint_every", "tensorboard",
+                  "background_dir", "skip_changed")
 Progress = Callable[[dict[str, Any]], None]
 
 
@@ -85,6 +91,47 @@ def param_groups(module: torch.nn.Module, weight_decay: float) -> list[dict[str,
         skip = p.ndim <= 1 or name.endswith(("pos_embed", "cls_token", "query", "queries", "router_token"))
         (no_decay if skip else decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def config_differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """``key: run has A, now B`` for every differing leaf of two config dicts, runtime fields left out."""
+    diffs = []
+    for key in sorted(set(old) | set(new)):
+        if not prefix and key in RUNTIME_FIELDS:
+            continue
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            diffs += config_differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            diffs.append(f"{prefix}{key}: run has {a!r}, now {b!r}")
+    return diffs
+
+
+def tensorboard_writer_class() -> type:
+    """``SummaryWriter``, or an ImportError that says what to install (raised before any training)."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise ImportError("tensorboard=true needs the tensorboard package: pip install tensorboard "
+                          "(or train with tensorboard=false; metrics.jsonl has the same numbers)") from None
+    return SummaryWriter
+
+
+def truncate_metrics(path: Path, step: int) -> None:
+    """Drop the lines of ``metrics.jsonl`` after optimizer step ``step`` (and a torn last line): a
+    run killed after its last checkpoint logged steps that the resume will run and log again."""
+    if not path.exists():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["step"] <= step:
+                keep.append(line + "\n")
+        except (ValueError, KeyError, TypeError):
+            continue
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text("".join(keep))
+    os.replace(tmp, path)
 
 
 def check_resume_store(state: dict[str, Any], dataset: StoreDataset) -> None:
@@ -150,7 +197,8 @@ def run_training(
 ) -> TrainSummary:
     """The loop, for any dataset that serves StoreDataset's batches (``views``, ``layout``,
     ``token_stats``, ``meta``, ``seed``); ``prepare`` completes a batch on the device (online mode
-    computes the teacher targets there)."""
+    computes the teacher targets there). ``progress`` gets each step's record plus ``total_steps``."""
+    writer_class = tensorboard_writer_class() if cfg.tensorboard else None  # every rank: fail before joining
     env = init_distributed(cfg.device)
     device = resolve_device(cfg.device)
     if device.type == "cuda" and env.world > 1:
@@ -163,10 +211,10 @@ def run_training(
     if not resume and last_path.exists():
         raise FileExistsError(f"{run_dir} already holds a run (last.pt): pass --resume, or choose another --out")
     state = load_checkpoint(last_path) if resume else None
-    if state is not None and state["config"] != to_dict(cfg):
-        saved = from_dict(TrainConfig, state["config"])
-        raise StoreMismatch(f"--resume with a different config than the run's ({run_dir}/config.yaml); "
-                            f"run with that config (saved student: {saved.student.name})")
+    diffs = config_differences(state["config"], to_dict(cfg)) if state is not None else []
+    if diffs:
+        raise StoreMismatch(f"--resume with a different config than the run's ({run_dir}/config.yaml):\n  "
+                            + "\n  ".join(diffs) + "\nresume with the run's config, or start a new run (--out)")
 
     if state is not None:
         check_resume_store(state, dataset)
@@ -198,6 +246,8 @@ def run_training(
         log.info("resumed %s at step %d (epoch %d, batch %d)", run_dir, step, epoch, batch_in_epoch)
     if env.main:
         dump_yaml(cfg, run_dir / "config.yaml")
+        if state is not None:
+            truncate_metrics(run_dir / "metrics.jsonl", step)
 
     sampler = EpochSampler(**sampler_args, start_epoch=epoch, start_batch=batch_in_epoch)
     loader = make_loader(dataset, sampler, cfg.workers, pin_memory=device.type == "cuda")
@@ -205,6 +255,7 @@ def run_training(
                 else contextlib.nullcontext())
     forward = ddp if ddp is not None else model
     metrics = open(run_dir / "metrics.jsonl", "a") if env.main else None
+    writer = writer_class(log_dir=str(run_dir / "tb"), purge_step=step) if writer_class and env.main else None
     summary = TrainSummary(run_dir=run_dir)
     start = time.perf_counter()
     wait = compute = 0.0
@@ -280,16 +331,22 @@ def run_training(
                 if metrics is not None:
                     metrics.write(json.dumps(record) + "\n")
                     metrics.flush()
+                if writer is not None:
+                    for key, value in record.items():
+                        if key != "step":
+                            writer.add_scalar(f"loss/{key}" if key in LOSS_KEYS else f"train/{key}", value, step)
                 wait = compute = 0.0
                 samples = 0
             if progress is not None and env.main:
-                progress(record)
+                progress({**record, "total_steps": total_steps_run})
             accum = {k: 0.0 for k in LOSS_KEYS}
             if step % cfg.checkpoint_every == 0 or step == total_steps_run:
                 checkpoint()
     finally:
         if metrics is not None:
             metrics.close()
+        if writer is not None:
+            writer.close()
     summary.steps = step
     summary.epochs_done = epoch + batch_in_epoch / per_epoch
     summary.seconds = time.perf_counter() - start

@@ -1,0 +1,213 @@
+"""Online mode: the same student, decoder and losses with the frozen teacher in the loop instead of a store.
+
+It is the baseline the cache is measured against, and its parity check. Targets are computed
+with extraction's own code: an ``ExtractSession`` builds the teacher, catalog and layout and
+fits the calibration exactly as ``extract`` does (same images, same batches), ``TeacherStep``
+runs the teacher, and a one-block ``BlockBuffer`` encodes its outputs at the store's precision
+before ``decode_targets`` decodes them as ``StoreDataset`` does. Samples pick the same view and
+crowd per epoch as ``StoreDataset`` (``epoch_choice``) and render them from (seed, index) as
+extraction does. On CPU, targets therefore equal the cached ones bit for bit, and a few training
+steps give the same losses (tests/train/test_online.py).
+
+Data workers render uint8 views (no teacher in them); the teacher runs in the training process,
+on the training device, inside ``prepare`` after the batch has been moved there. Its outputs
+take one trip through host memory for the (numpy) codecs: the price of reusing extraction's
+exact code path.
+
+    summary = train_online(train_cfg, extract_cfg, open_source("imgs/"), read_manifest("imgs.parquet"),
+                           Path("runs/online"))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+from torch.utils.data import Dataset
+
+from dpal_cache.config import dump_yaml, from_dict, load_yaml, to_dict
+from dpal_cache.data.sources import ImageSource
+from dpal_cache.extract.calibrate import Calibration
+from dpal_cache.extract.compute import BlockBuffer, TeacherStep
+from dpal_cache.extract.config import ExtractConfig
+from dpal_cache.extract.run import ExtractSession, resolve_device, store_identity
+from dpal_cache.store.layout import STATUS_OK
+from dpal_cache.train.config import TrainConfig
+from dpal_cache.train.data import (
+    STREAM_EPOCH_CROWD,
+    STREAM_EPOCH_VIEW,
+    StoreMismatch,
+    decode_targets,
+    epoch_choice,
+    render_inputs,
+    render_sample,
+    sample_keys,
+)
+from dpal_cache.train.loop import Progress, TrainSummary, run_training
+from dpal_cache.views.config import LocalCropConfig
+from dpal_cache.views.crowd import make_recipe
+from dpal_cache.views.params import global_view_params
+
+log = logging.getLogger(__name__)
+
+RELATION_ARRAYS = {"attention": "crowds/attn", "gram": "crowds/gram"}
+
+
+class OnlineDataset(Dataset):
+    """``StoreDataset``'s samples without a store: the inputs of a batch, no ``t_*`` targets.
+
+    Per sample: the global view and crowd image ``StoreDataset`` would pick for (seed, epoch,
+    index), rendered from their parameters drawn from (seed, index) as extraction draws them,
+    plus fresh local crops. ``TeacherTargets`` adds the targets on the device.
+
+    Args:
+        session: the extract session (catalog, views, backgrounds, layout, store attributes).
+        calib: its calibration (target statistics for ``normalize_targets``).
+        local_crop_cfg: student-only crops (default: the views config's).
+        skip_changed: drop images whose bytes changed since the scan instead of failing.
+    """
+
+    def __init__(self, session: ExtractSession, calib: Calibration, local_crop_cfg: LocalCropConfig | None = None,
+                 skip_changed: bool = False):
+        self.views = session.cfg.views
+        if self.views.crowds_per_image == 0:
+            raise StoreMismatch("the extract config has crowds_per_image 0: the relation loss needs crowd images")
+        self.local_crop_cfg = local_crop_cfg or self.views.local_crops
+        self.layout = to_dict(session.layout)
+        # what a store extracted with this config would say about itself
+        self.meta = {**session.attrs, "complete": True, "calibration": calib.attrs(), "online": True}
+        self.token_stats = calib.token_stats  # (4, D) class mean/std, patch mean/std
+        self.seed = int(self.views.seed)
+        self.catalog = session.dataset.catalog
+        self.backgrounds = session.dataset.backgrounds
+        self.skip_changed = skip_changed
+        self.images = self.catalog.ok  # int64 dataset indices that passed the scan
+        self.v = self.views.views_per_image
+        self.c = self.views.crowds_per_image
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, key: int) -> dict[str, Any]:
+        return self.__getitems__([key])
+
+    def __getitems__(self, keys: list[int]) -> dict[str, Any]:
+        """A whole batch: index, epoch, valid, global_view, local_crops, crowd (uint8)."""
+        images, epochs = sample_keys(keys, self.images)
+        bg_sizes = self.backgrounds.sizes if self.backgrounds is not None else None
+        cat = self.catalog
+
+        def render(k: int):
+            index, epoch = images[k], epochs[k]
+            view = epoch_choice(self.seed, STREAM_EPOCH_VIEW, index, epoch, self.v)
+            crowd = epoch_choice(self.seed, STREAM_EPOCH_CROWD, index, epoch, self.c)
+            size = (int(cat.sizes[index, 0]), int(cat.sizes[index, 1]))  # the decoded size, checked on load
+            params = global_view_params(self.views.global_view, self.seed, index, view, size).to_vector()
+            recipe = make_recipe(self.views, self.seed, index, crowd, cat.ok, cat.sizes, bg_sizes).to_vector()
+            return render_sample(cat, index, epoch, params, recipe, self.local_crop_cfg, self.seed, self.backgrounds)
+
+        return render_inputs(images, epochs, render, self.views, self.local_crop_cfg, self.skip_changed)
+
+
+class TeacherTargets:
+    """The ``prepare`` of online mode: fills a device batch's ``t_tokens``, ``t_attn_cls``,
+    ``t_mask_score`` and ``t_relation`` from the frozen teacher, through the store's codecs.
+
+    Args:
+        session: the extract session (teacher on its device, layout, precision, ``mask_at_extract``).
+        calib: the calibration (mask component, int8 scales).
+        relation: ``attention`` (crowd attention) or ``gram`` (computed here; no ``--gram`` needed).
+    """
+
+    def __init__(self, session: ExtractSession, calib: Calibration, relation: str = "attention"):
+        gram = relation == "gram"
+        self.step = session.step
+        if self.step.gram != gram:
+            self.step = TeacherStep(session.teacher, session.device, amp=session.cfg.amp, gram=gram)
+        # one block of one view and one crowd per sample: extraction's encoder, on this batch
+        self.layout = dataclasses.replace(session.layout, views_per_image=1, crowds_per_image=1, gram=gram)
+        self.calib = calib
+        self.mask_at_extract = session.cfg.mask_at_extract
+        self.relation_array = RELATION_ARRAYS[relation]
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        views, crowds = batch["global_view"], batch["crowd"]  # (B, 3, H, W), (B, 3, Hc, Wc) uint8 on the device
+        b = views.shape[0]
+        if b == 0:
+            raise StoreMismatch("every image of a batch changed since the scan: restore them or re-run scan")
+        status = np.full(b, STATUS_OK, dtype=np.uint8)
+        out = self.step({"status": status, "views": views[:, None], "crowds": crowds[:, None]})  # float32 numpy
+        layout = dataclasses.replace(self.layout, n_images=b, shard_images=b)
+        block = BlockBuffer(layout, 0, self.mask_at_extract)
+        block.add({"index": np.arange(b), "status": status, "reason": [""] * b,
+                   "params": np.zeros((b, 1, layout.param_len)), "recipes": np.zeros((b, 1, layout.recipe_len))},
+                  out, self.calib)
+        targets = decode_targets(block.arrays, self.calib.token_scales, self.relation_array)
+        return {**batch, **{k: v.to(views.device, non_blocking=True) for k, v in targets.items()}}
+
+
+def _training_device(cfg: TrainConfig) -> torch.device:
+    """The device ``run_training`` will train on (a torchrun rank's own GPU)."""
+    device = resolve_device(cfg.device)
+    if device.type == "cuda" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return device
+
+
+def _check_run_dir(run_dir: Path, extract_cfg: ExtractConfig, resume: bool) -> None:
+    """Refuse to resume an online run with another teacher, views or precision (they make the targets)."""
+    saved = run_dir / "extract.yaml"
+    if not resume:
+        if (run_dir / "last.pt").exists():
+            raise FileExistsError(f"{run_dir} already holds a run (last.pt): pass --resume, or choose another --out")
+        return
+    if saved.exists():
+        old, new = store_identity(from_dict(ExtractConfig, load_yaml(saved))), store_identity(extract_cfg)
+        diffs = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        if diffs:
+            raise StoreMismatch(f"--resume with other target settings than the run's ({saved}): "
+                                f"{', '.join(diffs)} differ; resume with that teacher and config")
+
+
+def train_online(
+    cfg: TrainConfig,
+    extract_cfg: ExtractConfig,
+    source: ImageSource,
+    manifest: pa.Table,
+    run_dir: Path,
+    resume: bool = False,
+    progress: Progress | None = None,
+    teacher: torch.nn.Module | None = None,
+) -> TrainSummary:
+    """Train ``cfg``'s student with the teacher of ``extract_cfg`` in the loop; see the module docstring.
+
+    Args:
+        extract_cfg: the teacher and everything that decides its targets (views, precision...), as for
+            ``extract``; its device is replaced by the training device.
+        manifest: the scan of ``source`` (``read_manifest``).
+        teacher: an already built teacher (default: built from ``extract_cfg``).
+
+    ``RUN_DIR/extract.yaml`` records ``extract_cfg`` next to the run's ``config.yaml``.
+    """
+    run_dir = Path(run_dir)
+    if cfg.background_dir is not None:  # the backgrounds on this machine
+        crowd = dataclasses.replace(extract_cfg.views.crowd, background_dir=cfg.background_dir)
+        extract_cfg = dataclasses.replace(extract_cfg, views=dataclasses.replace(extract_cfg.views, crowd=crowd))
+    _check_run_dir(run_dir, extract_cfg, resume)
+    device = _training_device(cfg)
+    session = ExtractSession(dataclasses.replace(extract_cfg, device=str(device)), source, manifest, teacher)
+    calib = session.calibrate(cfg.workers)
+    dataset = OnlineDataset(session, calib, cfg.local_crops, cfg.skip_changed)
+    prepare = TeacherTargets(session, calib, cfg.loss.relation)
+    if int(os.environ.get("RANK", "0")) == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        dump_yaml(extract_cfg, run_dir / "extract.yaml")
+    name = session.teacher.describe()["name"]
+    log.info("online mode: teacher %s on %s, %d images", name, session.device, len(dataset))
+    return run_training(cfg, dataset, run_dir, resume, progress, prepare=prepare, store_ref=f"online:{name}")
