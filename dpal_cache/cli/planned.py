@@ -8,9 +8,6 @@ from dpal_cache.cli.common import console
 
 # command -> (one-line help, issue that builds it)
 PLANNED: dict[str, tuple[str, int]] = {
-    "train": ("Train a student + D-PaDe from a feature store, without the teacher.", 5),
-    "export": ("Export the trained student as a plain timm backbone.", 5),
-    "eval": ("Quick frozen-backbone probes: reid, attributes, parsing.", 6),
     "bench": ("Benchmarks of the disk-for-compute trade.", 7),
     "demo": ("Run the whole pipeline on generated data in a few minutes.", 6),
 }
