@@ -129,14 +129,16 @@ def patterns(
             raise fail(str(exc)) from None
     stats = result["stats"]
     label = result["model"]["label"]
-    console.print(f"[green]wrote[/] {result['files']['report']} (and report.html) for {label}")
+    # soft_wrap: paths stay whole on one line, to copy
+    console.print(f"[green]wrote[/] {result['files']['report']} (and report.html) for {label}", soft_wrap=True)
     for name in ("patterns", "crowds", "embedding"):
         if name in result["files"]:
-            console.print(f"  {name:<10} {result['files'][name]}")
-    nn = stats["nn_same_identity"]
+            console.print(f"  {name:<10} {result['files'][name]}", soft_wrap=True)
+    nn = stats["embedding"]["nn_same_identity"]
+    line = f"  mask IoU with the teacher {stats['patches']['mask_iou']:.2f}"
     if nn["teacher"] is not None:
-        console.print(f"  1-NN same identity: teacher {nn['teacher']:.2f}, student {nn['student']:.2f}; "
-                      f"mask IoU {stats['mask_iou']:.2f}")
+        line += f"; 1-NN same identity: teacher {nn['teacher']:.2f}, student {nn['student']:.2f}"
+    console.print(line)
 
 
 @viz_app.command("curves")
@@ -154,4 +156,4 @@ def curves(
         path = plot_curves(run_dir, target)
     except (FileNotFoundError, ValueError) as exc:
         raise fail(str(exc)) from None
-    console.print(f"[green]wrote[/] {path}")
+    console.print(f"[green]wrote[/] {path}", soft_wrap=True)
