@@ -89,3 +89,41 @@ def test_a_kill_during_a_checkpoint_write_leaves_the_previous_one_loadable(tmp_p
         proc.wait()
     state = load_checkpoint(path)
     assert torch.equal(state["w"], torch.full((4_000_000,), float(state["step"])))
+
+
+KILLED_RUN = """
+import sys, time
+import torch
+torch.set_num_threads(1)  # as in this test process: float sums depend on the thread count
+sys.path.insert(0, {tests!r})
+from conftest import _train_config
+from dpal_cache.data.sources import open_source
+from dpal_cache.train.loop import train
+cfg = _train_config("max_steps=6", *{sets!r})
+# a slow progress callback gives the parent time to kill the run between checkpoints
+train(cfg, {url!r}, open_source({folder!r}), {run!r}, progress=lambda record: time.sleep(0.5))
+"""
+
+
+def test_sigkill_between_checkpoints_then_resume(runs, store, train_config, read_metrics, tmp_path):
+    """A real SIGKILL after the step-3 checkpoint, before step 6: the resume redoes the lost steps exactly."""
+    full, _ = runs
+    run = tmp_path / "killed"
+    script = KILLED_RUN.format(tests=os.path.dirname(__file__), sets=SETS, url=store.url,
+                               folder=str(store.folder), run=str(run))
+    proc = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        metrics = run / "metrics.jsonl"
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 4:
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.05)
+    proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-2000:]
+    assert load_checkpoint(run / "last.pt")["step"] == 3  # steps 4.. were lost with the process
+    train(train_config("max_steps=6", *SETS), store.url, open_source(store.folder), run, resume=True)
+    a, b = read_metrics(full), read_metrics(run)
+    assert [r["step"] for r in b] == [1, 2, 3, 4, 5, 6]
+    for key in LOSS_KEYS:
+        assert [r[key] for r in a] == [r[key] for r in b], key
