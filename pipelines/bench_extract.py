@@ -48,7 +48,6 @@ def main() -> None:
         folder = tmp / "synth" / "bounding_box_train"
         scan(open_source(folder), tmp / "m.parquet", ScanConfig())
         source, manifest = open_source(folder), read_manifest(tmp / "m.parquet")
-        n = min(args.images, len(source))
         cfg = ExtractConfig(teacher=args.teacher, batch_size=args.batch_size, workers=args.workers,
                             device=args.device, shard_images=max(args.batch_size, 32), calibration_images=16,
                             token_precision=args.precision, map_precision=args.map_precision)

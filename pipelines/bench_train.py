@@ -13,7 +13,6 @@ of the cached run. Ratios are what to read on a shared machine.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import tempfile
 import time

@@ -20,7 +20,6 @@ from dpal_cache.train.losses import (
 )
 
 
-
 def gram(tokens: torch.Tensor) -> torch.Tensor:
     return torch.softmax(tokens @ tokens.transpose(1, 2) / math.sqrt(tokens.shape[-1]), dim=-1)
 
