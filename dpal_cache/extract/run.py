@@ -192,7 +192,7 @@ class ExtractSession:
         self.teacher = teacher.to(self.device).eval()
         catalog = Catalog(source, manifest, cfg.decode)
         bg_dir = cfg.views.crowd.background_dir
-        backgrounds = Backgrounds(FolderSource(bg_dir)) if bg_dir is not None else None
+        backgrounds = Backgrounds(FolderSource(bg_dir), cfg.decode) if bg_dir is not None else None
         self.dataset = ExtractItems(catalog, cfg.views, backgrounds)
         self.layout = make_layout(cfg, len(catalog), self.teacher)
         self.step = TeacherStep(self.teacher, self.device, amp=cfg.amp, gram=cfg.gram)

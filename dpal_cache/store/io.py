@@ -133,6 +133,29 @@ def get_bytes(group, key: str) -> bytes | None:
     return None if buf is None else buf.to_bytes()
 
 
+def read_store_manifest(group, source=None):
+    """The manifest a store was extracted from (a pyarrow Table), checked against ``source`` if given.
+
+    Raises StoreError when the store has no manifest, or when ``source`` holds other images (other
+    keys or another order) than the ones the store was made from.
+    """
+    import io
+
+    import pyarrow.parquet as pq
+
+    from dpal_cache.data.manifest import manifest_metadata
+
+    raw = get_bytes(group, "manifest.parquet")
+    if raw is None:
+        raise StoreError("the store lacks manifest.parquet: it was not written by `dpal-cache extract`")
+    manifest = pq.read_table(io.BytesIO(raw))
+    stored = manifest_metadata(manifest).get("source_fingerprint")
+    if source is not None and stored is not None and stored != source.fingerprint():
+        raise StoreError(f"the images given ({source.describe()}) are not the ones the store was extracted from "
+                         "(different keys or order): pass the same --data as for extract")
+    return manifest
+
+
 def consolidate(group) -> None:
     """Consolidate metadata once, at the end (one read opens the store on remote filesystems)."""
     with warnings.catch_warnings():

@@ -51,9 +51,9 @@ import torch
 
 from dpal_cache.config import ConfigError, from_dict
 from dpal_cache.data.catalog import Catalog, ImageUnavailable
-from dpal_cache.data.decode import decode_rgb
 from dpal_cache.data.manifest import manifest_fingerprint
 from dpal_cache.data.sources import FolderSource, open_source
+from dpal_cache.extract.items import Backgrounds
 from dpal_cache.store.inspect import store_layout
 from dpal_cache.store.io import StoreError, done_blocks, get_bytes, open_store, store_meta
 from dpal_cache.store.layout import STATUS_FAILED, STATUS_OK, STATUS_PENDING, STATUS_SKIPPED, StoreLayout
@@ -391,7 +391,7 @@ class _Replayer:
         self.cfg = cfg
         self.step = TeacherStep(teacher, device, amp=False, gram=layout.gram)  # float32: the reference
         bg_dir = cfg.views.crowd.background_dir
-        self.backgrounds = FolderSource(bg_dir) if bg_dir is not None else None
+        self.backgrounds = Backgrounds(FolderSource(bg_dir), cfg.decode) if bg_dir is not None else None
         self.checked: dict[int, str] = {}  # image -> "" (matches the manifest) or why it cannot be used
         self.anchors: set[int] = set()
         self.source_problems: list[str] = []
@@ -431,7 +431,7 @@ class _Replayer:
                         self._load(j, loaded)
                     background = None
                     if recipe.background_kind == "folder":
-                        background = decode_rgb(self.backgrounds.read(recipe.background_index))
+                        background = self.backgrounds.load(recipe.background_index)
                     crowds.append(render_crowd(recipe, loaded, background))
             except ImageUnavailable:
                 continue  # counted by the source check

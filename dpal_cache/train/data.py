@@ -18,21 +18,18 @@ live in memory as numpy arrays. The epoch travels inside the sampled indices
 from __future__ import annotations
 
 import asyncio
-import io
 import logging
 import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
-import pyarrow.parquet as pq
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from dpal_cache.config import from_dict
 from dpal_cache.data.catalog import Catalog, ImageUnavailable
 from dpal_cache.data.decode import DecodeConfig
-from dpal_cache.data.manifest import manifest_metadata
 from dpal_cache.data.sources import FolderSource, ImageSource
 from dpal_cache.extract.compute import decode_map, decode_tokens
 from dpal_cache.extract.items import Backgrounds
@@ -185,21 +182,15 @@ class StoreDataset(Dataset):
                 f"{url} has no {relation_array}: re-extract with --gram, or train with relation target 'attention'"
             )
         self.relation_array = relation_array
-        manifest_raw = store_io.get_bytes(group, "manifest.parquet")
-        if manifest_raw is None:
-            raise StoreMismatch(f"{url} lacks manifest.parquet: it was not written by `dpal-cache extract`")
-        manifest = pq.read_table(io.BytesIO(manifest_raw))
-        stored_fp = manifest_metadata(manifest).get("source_fingerprint")
-        if stored_fp is not None and stored_fp != source.fingerprint():
-            raise StoreMismatch(
-                f"the images given ({source.describe()}) are not the ones the store was extracted from "
-                "(different keys or order): pass the same --data as for extract"
-            )
+        try:
+            manifest = store_io.read_store_manifest(group, source)
+        except store_io.StoreError as exc:
+            raise StoreMismatch(f"{url}: {exc}") from None
         decode = from_dict(DecodeConfig, meta["extract_config"]["decode"])
         self.catalog = Catalog(source, manifest, decode)
         self.skip_changed = skip_changed
         bg = background_dir or self.views.crowd.background_dir
-        self.backgrounds = Backgrounds(FolderSource(bg)) if bg is not None else None
+        self.backgrounds = Backgrounds(FolderSource(bg), decode) if bg is not None else None
         # small per-row arrays in memory (numpy: no copy-on-access in forked workers)
         self.status = group["images/status"][:]
         self.images = np.flatnonzero(self.status == STATUS_OK).astype(np.int64)

@@ -21,7 +21,6 @@ For ``n`` images spread over the store's usable images:
 from __future__ import annotations
 
 import html
-import io
 import json
 import logging
 from collections.abc import Callable
@@ -29,20 +28,19 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow.parquet as pq
 import torch
 from PIL import Image
 
 from dpal_cache.config import from_dict
 from dpal_cache.data.catalog import Catalog, ImageUnavailable
-from dpal_cache.data.decode import DecodeConfig, decode_rgb
-from dpal_cache.data.manifest import manifest_metadata
+from dpal_cache.data.decode import DecodeConfig
 from dpal_cache.data.sources import FolderSource, open_source
 from dpal_cache.eval.features import FeatureExtractor, open_model
 from dpal_cache.eval.reid import MARKET_PATTERN
 from dpal_cache.extract.calibrate import centre_mask
 from dpal_cache.extract.compute import decode_map, decode_tokens
-from dpal_cache.store.io import get_bytes, open_store, store_meta
+from dpal_cache.extract.items import Backgrounds
+from dpal_cache.store.io import StoreError, open_store, read_store_manifest, store_meta
 from dpal_cache.store.layout import STATUS_OK
 from dpal_cache.views.config import ViewsConfig
 from dpal_cache.views.crowd import CrowdRecipe, render_crowd
@@ -188,15 +186,11 @@ class StoreImages:
         self.group = open_store(self.url, "r", storage_options)
         self.meta = store_meta(self.group)
         self.layout = self.meta["layout"]
-        raw = get_bytes(self.group, "manifest.parquet")
-        if raw is None:
-            raise PatternError(f"{store} lacks manifest.parquet: it was not written by `dpal-cache extract`")
-        manifest = pq.read_table(io.BytesIO(raw))
         source = open_source(data)
-        stored_fp = manifest_metadata(manifest).get("source_fingerprint")
-        if stored_fp is not None and stored_fp != source.fingerprint():
-            raise PatternError(f"the images given ({source.describe()}) are not the ones {store} was extracted from "
-                               "(different keys or order): pass the same --data as for extract")
+        try:
+            manifest = read_store_manifest(self.group, source)
+        except StoreError as exc:
+            raise PatternError(f"{store}: {exc}") from None
         try:
             self.catalog = Catalog(source, manifest, from_dict(DecodeConfig, self.meta["extract_config"]["decode"]))
         except ValueError as exc:
@@ -211,7 +205,7 @@ class StoreImages:
             raise PatternError(f"{store} holds no extracted image yet (no block done, or every image failed)")
         self.token_scales = self.group["calibration/token_scales"][:]
         bg = self.views.crowd.background_dir
-        self.backgrounds = FolderSource(bg) if bg is not None else None
+        self.backgrounds = Backgrounds(FolderSource(bg), self.catalog.decode) if bg is not None else None
         self._rgb: dict[int, np.ndarray] = {}
 
     def rows(self, name: str, rows: np.ndarray) -> np.ndarray:
@@ -250,7 +244,7 @@ class StoreImages:
             if r.background_kind == "folder":
                 if self.backgrounds is None:
                     raise PatternError("the store's crowds use a background folder that is not configured")
-                background = decode_rgb(self.backgrounds.read(r.background_index))
+                background = self.backgrounds.load(r.background_index)
             out.append(render_crowd(r, {j: self.image(j) for j in r.dataset_indices()}, background))
         return torch.stack(out), recipes
 
