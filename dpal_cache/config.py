@@ -199,6 +199,25 @@ def dump_yaml(cfg: Any, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
+def differences(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "", skip: typing.Iterable[str] = (),
+                labels: tuple[str, str] = ("was", "now")) -> list[str]:
+    """``prefix.key: <was> A, <now> B`` for every differing leaf of two nested config dicts.
+
+    ``skip`` names top-level keys to leave out (e.g. runtime fields that may change on resume).
+    """
+    skip = set(skip)
+    diffs = []
+    for key in sorted(set(old) | set(new)):
+        if key in skip:
+            continue
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, Mapping) and isinstance(b, Mapping):
+            diffs += differences(a, b, f"{prefix}{key}.", labels=labels)
+        elif a != b:
+            diffs.append(f"{prefix}{key}: {labels[0]} {a!r}, {labels[1]} {b!r}")
+    return diffs
+
+
 def check(condition: bool, key: str, message: str) -> None:
     """Validation helper for ``__post_init__``: raise ConfigError naming ``key`` unless ``condition``."""
     if not condition:

@@ -118,3 +118,12 @@ def test_repo_config_files_load():
     root = Path(__file__).resolve().parents[1] / "configs"
     assert load_config(SynthConfig, root / "synth.yaml") == SynthConfig()
     assert load_config(ScanConfig, root / "scan.yaml") == ScanConfig()
+
+
+def test_differences_of_nested_configs():
+    from dpal_cache.config import differences
+
+    old = {"a": 1, "inner": {"b": [1, 2], "c": "x"}, "runtime": 4}
+    new = {"a": 1, "inner": {"b": [1, 3], "c": "x", "d": True}, "runtime": 5}
+    assert differences(old, new, skip=["runtime"]) == ["inner.b: was [1, 2], now [1, 3]", "inner.d: was None, now True"]
+    assert differences(old, old) == []

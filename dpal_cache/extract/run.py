@@ -28,7 +28,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from dpal_cache import __version__
-from dpal_cache.config import to_dict
+from dpal_cache.config import differences, to_dict
 from dpal_cache.data.catalog import Catalog
 from dpal_cache.data.manifest import manifest_fingerprint
 from dpal_cache.data.sources import FolderSource, ImageSource
@@ -118,28 +118,13 @@ def store_attrs(cfg: ExtractConfig, layout: StoreLayout, teacher, manifest: pa.T
     }
 
 
-def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
-    diffs = []
-    for key in sorted(set(old) | set(new)):
-        a, b = old.get(key), new.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            diffs += _differences(a, b, f"{prefix}{key}.")
-        elif a != b:
-            diffs.append(f"{prefix}{key}: store has {a!r}, this run has {b!r}")
-    return diffs
-
-
 def check_resumable(meta: dict, attrs: dict) -> None:
     """Refuse to resume a store whose stored values would differ from this run's."""
-    diffs = _differences(meta.get("identity", {}), attrs["identity"], "config.")
-    diffs += _differences(meta.get("layout", {}), attrs["layout"], "layout.")
-    for key in ("manifest_fingerprint",):
-        if meta.get(key) != attrs[key]:
-            diffs.append(f"{key}: store has {meta.get(key)!r}, this run has {attrs[key]!r}")
-    old_t, new_t = meta.get("teacher", {}), attrs["teacher"]
-    for key in sorted(set(old_t) | set(new_t)):
-        if old_t.get(key) != new_t.get(key):
-            diffs.append(f"teacher.{key}: store has {old_t.get(key)!r}, this run has {new_t.get(key)!r}")
+    old = {"config": meta.get("identity", {}), "layout": meta.get("layout", {}), "teacher": meta.get("teacher", {}),
+           "manifest_fingerprint": meta.get("manifest_fingerprint")}
+    new = {"config": attrs["identity"], "layout": attrs["layout"], "teacher": attrs["teacher"],
+           "manifest_fingerprint": attrs["manifest_fingerprint"]}
+    diffs = differences(old, new, labels=("store has", "this run has"))
     if diffs:
         raise store_io.StoreError(
             "the existing store was made differently; resume would mix targets:\n  "

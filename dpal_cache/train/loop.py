@@ -29,7 +29,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from dpal_cache.config import dump_yaml, to_dict
+from dpal_cache.config import differences, dump_yaml, to_dict
 from dpal_cache.data.sources import ImageSource
 from dpal_cache.extract.run import resolve_device
 from dpal_cache.train.checkpoint import load_checkpoint, save_checkpoint
@@ -93,18 +93,9 @@ def param_groups(module: torch.nn.Module, weight_decay: float) -> list[dict[str,
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def config_differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+def config_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """``key: run has A, now B`` for every differing leaf of two config dicts, runtime fields left out."""
-    diffs = []
-    for key in sorted(set(old) | set(new)):
-        if not prefix and key in RUNTIME_FIELDS:
-            continue
-        a, b = old.get(key), new.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            diffs += config_differences(a, b, f"{prefix}{key}.")
-        elif a != b:
-            diffs.append(f"{prefix}{key}: run has {a!r}, now {b!r}")
-    return diffs
+    return differences(old, new, skip=RUNTIME_FIELDS, labels=("run has", "now"))
 
 
 def tensorboard_writer_class() -> type:
