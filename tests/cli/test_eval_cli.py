@@ -12,7 +12,6 @@ from typer.testing import CliRunner
 from dpal_cache import cli
 from dpal_cache.cli.planned import PLANNED
 from dpal_cache.eval.reid import metrics_from_features
-from dpal_cache.synth import SynthConfig, synthesize
 
 cli._register()
 runner = CliRunner()
@@ -21,13 +20,6 @@ MODEL = ["--model", "random:vit_tiny_patch16", "--img-size", "64x32", "--device"
 
 def _text(result) -> str:
     return " ".join(result.output.split())  # rich wraps long lines at the terminal width
-
-
-@pytest.fixture(scope="module")
-def market(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("eval_cli")
-    synthesize(out, SynthConfig(ids=6, images_per_id=4, height=64, width=32, distractors=2, workers=1))
-    return out
 
 
 def test_eval_is_built_not_planned():

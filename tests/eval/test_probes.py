@@ -16,14 +16,6 @@ from dpal_cache.eval.compare import compare_attributes, compare_parsing, metric_
 from dpal_cache.eval.features import fit_linear_probe, random_student_extractor
 from dpal_cache.eval.metrics import confusion_matrix, segmentation_metrics
 from dpal_cache.eval.parsing import find_pairs, predict_mask, run_parsing, sample_pixel_features
-from dpal_cache.synth import SynthConfig, synthesize
-
-
-@pytest.fixture(scope="module")
-def market(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("probes")
-    synthesize(out, SynthConfig(ids=6, images_per_id=4, height=64, width=32, distractors=2, workers=1))
-    return out
 
 
 @pytest.fixture(scope="module")

@@ -27,15 +27,7 @@ from dpal_cache.eval.reid import (
     run_reid,
     save_features,
 )
-from dpal_cache.synth import SynthConfig, synthesize
 from dpal_cache.train.students import build_student
-
-
-@pytest.fixture(scope="module")
-def market(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("market")
-    synthesize(out, SynthConfig(ids=6, images_per_id=4, height=64, width=32, distractors=2, workers=1))
-    return out
 
 
 @pytest.fixture(scope="module")
