@@ -9,7 +9,6 @@ from dpal_cache.cli.common import console
 # command -> (one-line help, issue that builds it)
 PLANNED: dict[str, tuple[str, int]] = {
     "bench": ("Benchmarks of the disk-for-compute trade.", 7),
-    "demo": ("Run the whole pipeline on generated data in a few minutes.", 6),
 }
 
 

@@ -1,0 +1,64 @@
+"""``run_demo`` end to end at a tiny scale: every stage runs and every promised file exists.
+
+Whether the trained student beats the untrained one is measured at demo scale, not here: at this
+size the probe is noise.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from dpal_cache.demo import STAGES, DemoConfig, run_demo
+from dpal_cache.demo_teacher import DemoTeacherConfig
+
+TINY = DemoConfig(ids=6, images_per_id=4, crowd_backgrounds=2, distractors=2,
+                  teacher=DemoTeacherConfig(steps=3, batch_size=4),
+                  epochs=1, batch_size=4, pattern_images=2, untrained_patterns=False)
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, list[tuple[str, float, float]]]:
+    calls: list[tuple[str, float, float]] = []
+    result = run_demo(tmp_path_factory.mktemp("demo"), seed=0, cfg=TINY,
+                      progress=lambda s, c, t: calls.append((s, c, t)))
+    return result, calls
+
+
+def test_every_file_exists(demo):
+    result, _ = demo
+    for name in ("synth", "manifest", "demo_teacher", "store", "run", "student", "reid_teacher", "reid_trained",
+                 "reid_untrained", "patterns", "curves", "report", "json"):
+        assert Path(result["files"][name]).exists(), name
+    assert Path(result["files"]["student"]).with_suffix(".json").exists()
+
+
+def test_report_has_the_numbers_and_the_label(demo):
+    result, _ = demo
+    text = Path(result["files"]["report"]).read_text()
+    assert "not PATH-B" in text and result["teacher"]["label"] in text
+    for key in ("teacher", "trained", "untrained"):
+        m = result["reid"][key]["metrics"]
+        assert f"{100 * m['mAP']:.2f}" in text and f"{100 * m['rank1']:.2f}" in text
+    assert "untrained student" in text
+    assert "not PATH-B" in Path(result["files"]["patterns"]).read_text()
+    saved = json.loads(Path(result["files"]["json"]).read_text())
+    assert saved["reid"]["trained"]["metrics"] == result["reid"]["trained"]["metrics"]
+    assert saved["student_beats_untrained"] == result["student_beats_untrained"]
+
+
+def test_probes_label_the_models(demo):
+    result, _ = demo
+    assert "not PATH-B" in result["reid"]["teacher"]["model"]["label"]
+    assert result["reid"]["untrained"]["model"]["trained"] is False
+    assert result["reid"]["trained"]["model"]["trained"] is True
+    assert result["teacher"]["steps"] >= 1
+
+
+def test_progress_reports_every_stage(demo):
+    result, calls = demo
+    assert {s for s, _, _ in calls} == set(STAGES)
+    assert all(0 <= c <= t for _, c, t in calls)
+    assert set(STAGES) - {"report"} <= set(result["seconds"])
