@@ -20,3 +20,32 @@ def market(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("market")
     synthesize(out, SynthConfig(ids=6, images_per_id=4, height=64, width=32, distractors=2, workers=1))
     return out
+
+
+def build_tiny_store(root: Path, ids: int = 5, images_per_id: int = 2, crowds: int = 1, **extract_overrides):
+    """(store path, image folder): synthetic 64x32 persons, scanned and extracted by a random ViT-Ti
+    teacher into 2 views of 64x32 and ``crowds`` 64x64 crowd images per image."""
+    from dpal_cache.data.manifest import ScanConfig, read_manifest, scan
+    from dpal_cache.data.sources import open_source
+    from dpal_cache.extract.config import ExtractConfig
+    from dpal_cache.extract.run import extract
+    from dpal_cache.synth import SynthConfig, synthesize
+    from dpal_cache.views.config import CrowdConfig, GlobalViewConfig, LocalCropConfig, ViewsConfig
+
+    synthesize(root, SynthConfig(ids=ids, images_per_id=images_per_id, train_fraction=1.0, height=64, width=32,
+                                 masks=False, workers=1))
+    folder = root / "bounding_box_train"
+    scan(open_source(folder), root / "manifest.parquet", ScanConfig(workers=1))
+    views = ViewsConfig(global_view=GlobalViewConfig(size=(64, 32)), local_crops=LocalCropConfig(size=(32, 16)),
+                        crowd=CrowdConfig(size=(64, 64)), crowds_per_image=crowds)
+    args = {"teacher": "random:vit_tiny", "views": views, "shard_images": 4, "calibration_images": 4,
+            "batch_size": 4, "workers": 0, "device": "cpu", **extract_overrides}
+    extract(ExtractConfig(**args), open_source(folder), read_manifest(root / "manifest.parquet"),
+            str(root / "feats.zarr"))
+    return root / "feats.zarr", folder
+
+
+@pytest.fixture(scope="module")
+def tiny_store_factory(tmp_path_factory):
+    """``tiny_store_factory(name, **kwargs)`` -> (store path, image folder); see build_tiny_store."""
+    return lambda name, **kwargs: build_tiny_store(tmp_path_factory.mktemp(name), **kwargs)

@@ -9,12 +9,6 @@ import pytest
 from typer.testing import CliRunner
 
 from dpal_cache import cli
-from dpal_cache.data.manifest import ScanConfig, read_manifest, scan
-from dpal_cache.data.sources import open_source
-from dpal_cache.extract.config import ExtractConfig
-from dpal_cache.extract.run import extract
-from dpal_cache.synth import SynthConfig, synthesize
-from dpal_cache.views.config import CrowdConfig, GlobalViewConfig, LocalCropConfig, ViewsConfig
 
 cli._register()
 runner = CliRunner()
@@ -29,19 +23,9 @@ def _joined(result) -> str:
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory) -> tuple[Path, Path]:
+def store(tiny_store_factory) -> tuple[Path, Path]:
     """(store, image folder): 3 ids x 2 synthetic 64x32 persons, random ViT-Ti teacher, no crowds."""
-    root = tmp_path_factory.mktemp("viz_cli")
-    synthesize(root, SynthConfig(ids=3, images_per_id=2, train_fraction=1.0, height=64, width=32, masks=False,
-                                 workers=1))
-    folder = root / "bounding_box_train"
-    scan(open_source(folder), root / "manifest.parquet", ScanConfig(workers=1))
-    views = ViewsConfig(global_view=GlobalViewConfig(size=(64, 32)), local_crops=LocalCropConfig(size=(32, 16)),
-                        crowd=CrowdConfig(size=(64, 64)), crowds_per_image=0)
-    cfg = ExtractConfig(teacher="random:vit_tiny", views=views, shard_images=6, calibration_images=4, batch_size=6,
-                        workers=0, device="cpu")
-    extract(cfg, open_source(folder), read_manifest(root / "manifest.parquet"), str(root / "feats.zarr"))
-    return root / "feats.zarr", folder
+    return tiny_store_factory("viz_cli", ids=3, crowds=0, shard_images=6, batch_size=6)
 
 
 def test_patterns_writes_the_report_and_says_where(store, tmp_path):

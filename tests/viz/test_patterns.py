@@ -15,16 +15,11 @@ import torch
 from PIL import Image
 
 from dpal_cache.config import load_config
-from dpal_cache.data.manifest import ScanConfig, read_manifest, scan
 from dpal_cache.data.sources import open_source
 from dpal_cache.eval.features import open_model
-from dpal_cache.extract.config import ExtractConfig
-from dpal_cache.extract.run import extract
-from dpal_cache.synth import SynthConfig, synthesize
 from dpal_cache.train.config import TrainConfig
 from dpal_cache.train.export import export_student
 from dpal_cache.train.loop import train
-from dpal_cache.views.config import CrowdConfig, GlobalViewConfig, LocalCropConfig, ViewsConfig
 from dpal_cache.viz import draw
 from dpal_cache.viz.patterns import (
     PatternError,
@@ -41,20 +36,10 @@ from dpal_cache.viz.patterns import (
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> tuple[str, Path]:
+def tiny(tiny_store_factory) -> tuple[str, Path]:
     """(store url, image folder): 5 ids x 2 images, 2 views of 64x32 and one 64x64 crowd per image."""
-    root = tmp_path_factory.mktemp("patterns")
-    synthesize(root, SynthConfig(ids=5, images_per_id=2, train_fraction=1.0, height=64, width=32, masks=False,
-                                 workers=1))
-    folder = root / "bounding_box_train"
-    scan(open_source(folder), root / "manifest.parquet", ScanConfig(workers=1))
-    views = ViewsConfig(global_view=GlobalViewConfig(size=(64, 32)), local_crops=LocalCropConfig(size=(32, 16)),
-                        crowd=CrowdConfig(size=(64, 64)))
-    cfg = ExtractConfig(teacher="random:vit_tiny", views=views, shard_images=4, calibration_images=4, batch_size=4,
-                        workers=0, device="cpu")
-    url = str(root / "feats.zarr")
-    extract(cfg, open_source(folder), read_manifest(root / "manifest.parquet"), url)
-    return url, folder
+    url, folder = tiny_store_factory("patterns")
+    return str(url), folder
 
 
 @pytest.fixture(scope="module")
