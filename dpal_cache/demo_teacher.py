@@ -38,7 +38,9 @@ class DemoTeacherConfig:
     model: str = "test_vit"  # timm's 64-dim, 6-block plain ViT: ~0.1 s a step on CPU; loads as ``timm:test_vit``
     img_size: tuple[int, int] = (256, 128)  # (H, W) it trains at; the 224 position table is resampled
     steps: int = 400  # ~35 s on 2 CPU cores; a fixed count keeps the teacher reproducible
-    seconds: float = 90.0  # wall-clock cap on slow machines: training stops at this or at ``steps``
+    # optional wall-clock cap: stop at this or at ``steps``. None (default): always ``steps``, so the
+    # teacher, and every number after it, is the same on a fast and on a busy machine
+    seconds: float | None = None
     batch_size: int = 16
     lr: float = 5e-4
     weight_decay: float = 0.05
@@ -47,7 +49,7 @@ class DemoTeacherConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        check(self.seconds > 0, "seconds", f"must be > 0, got {self.seconds}")
+        check(self.seconds is None or self.seconds > 0, "seconds", f"must be > 0 or null, got {self.seconds}")
         check(self.steps >= 1, "steps", f"must be >= 1, got {self.steps}")
         check(self.batch_size >= 2, "batch_size", f"must be >= 2, got {self.batch_size}")
 
@@ -81,7 +83,7 @@ def load_train_images(data_dir: str | Path, img_size: tuple[int, int]) -> tuple[
 
 def train_demo_teacher(data_dir: str | Path, out: str | Path, cfg: DemoTeacherConfig = DemoTeacherConfig(),
                        progress: Callable[[float], None] | None = None) -> dict[str, Any]:
-    """Train the demo teacher on ``data_dir`` for ``cfg.steps`` (at most ``cfg.seconds``); save its backbone.
+    """Train the demo teacher on ``data_dir`` for ``cfg.steps`` (and at most ``cfg.seconds`` if set); save it.
 
     Args:
         data_dir: a Market-layout train folder (``bounding_box_train``): names carry the identity.
@@ -107,12 +109,13 @@ def train_demo_teacher(data_dir: str | Path, out: str | Path, cfg: DemoTeacherCo
     losses: list[float] = []
     correct: list[float] = []
     step = 0
+    cap = math.inf if cfg.seconds is None else cfg.seconds
     while step < cfg.steps:
         elapsed = time.perf_counter() - start
-        if elapsed >= cfg.seconds:
+        if elapsed >= cap:
             break
         # warmup, then cosine over the steps (or over the time cap, when that comes first)
-        frac = min(max(step / cfg.steps, elapsed / cfg.seconds), 1.0)
+        frac = min(max(step / cfg.steps, elapsed / cap), 1.0)
         lr = cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps) * 0.5 * (1 + math.cos(math.pi * frac))
         for group in opt.param_groups:
             group["lr"] = lr
@@ -126,7 +129,7 @@ def train_demo_teacher(data_dir: str | Path, out: str | Path, cfg: DemoTeacherCo
         correct.append(float((logits.argmax(-1) == y[idx]).float().mean()))
         step += 1
         if progress is not None:
-            progress(min(max(step / cfg.steps, (time.perf_counter() - start) / cfg.seconds), 1.0))
+            progress(min(max(step / cfg.steps, (time.perf_counter() - start) / cap), 1.0))
     seconds = time.perf_counter() - start
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items() if not k.startswith("head.")}
     out.parent.mkdir(parents=True, exist_ok=True)

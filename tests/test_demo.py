@@ -47,6 +47,7 @@ def test_report_has_the_numbers_and_the_label(demo):
     saved = json.loads(Path(result["files"]["json"]).read_text())
     assert saved["reid"]["trained"]["metrics"] == result["reid"]["trained"]["metrics"]
     assert saved["student_beats_untrained"] == result["student_beats_untrained"]
+    assert result["verdict"] in text
 
 
 def test_probes_label_the_models(demo):
@@ -62,3 +63,14 @@ def test_progress_reports_every_stage(demo):
     assert {s for s, _, _ in calls} == set(STAGES)
     assert all(0 <= c <= t for _, c, t in calls)
     assert set(STAGES) - {"report"} <= set(result["seconds"])
+
+
+def test_verdict_needs_higher_map_and_no_lower_rank():
+    from dpal_cache.demo import beats, verdict_line
+
+    base = {"rank1": 0.05, "rank5": 0.20, "rank10": 0.25, "mAP": 0.07}
+    assert beats({**base, "mAP": 0.12, "rank5": 0.3}, base)  # Rank-1 tie is allowed
+    assert not beats(base, base)  # equal mAP is not a win
+    assert not beats({**base, "mAP": 0.12, "rank1": 0.025}, base)  # a lower rank loses
+    assert "does NOT beat" in verdict_line(base, base)
+    assert "mAP 12.00 vs 7.00" in verdict_line({**base, "mAP": 0.12}, base)

@@ -36,13 +36,13 @@ STAGE_HELP = {
 def _reid_table(result: dict) -> Table:
     table = Table(title="reid probe (synthetic query / gallery)")
     table.add_column("model")
-    for name in ("Rank-1 %", "Rank-5 %", "mAP %"):
+    for name in ("Rank-1 %", "Rank-5 %", "Rank-10 %", "mAP %"):
         table.add_column(name, justify="right")
     names = {"teacher": result["teacher"]["label"], "trained": "trained student (distilled from the store)",
              "untrained": "[yellow]UNTRAINED student, same architecture[/]"}
     for key, label in names.items():
         m = result["reid"][key]["metrics"]
-        table.add_row(label, *(f"{100 * m[k]:.2f}" for k in ("rank1", "rank5", "mAP")))
+        table.add_row(label, *(f"{100 * m[k]:.2f}" for k in ("rank1", "rank5", "rank10", "mAP")))
     return table
 
 
@@ -75,8 +75,8 @@ def demo_command(
         timings.add_row(stage, f"{seconds:.1f} s")
     console.print(timings)
     console.print(_reid_table(result))
-    verdict = ("[green]beats[/]" if result["student_beats_untrained"] else "[red]does NOT beat[/]")
-    console.print(f"the trained student {verdict} the untrained one (mAP and Rank-1)")
+    style = "green" if result["student_beats_untrained"] else "red"
+    console.print(f"[{style}]{result['verdict']}[/]", soft_wrap=True)
     files = Table(title=f"demo: {out}", show_header=False)
     for name, path in result["files"].items():
         files.add_row(name, path)
