@@ -22,26 +22,33 @@ def market(tmp_path_factory) -> Path:
     return out
 
 
+def tiny_extract_config(crowds: int = 1, **overrides):
+    """The ExtractConfig of ``build_tiny_store``: a random ViT-Ti teacher, 2 views of 64x32, ``crowds`` 64x64
+    crowd images per image, blocks and batches of 4 images, no workers, CPU."""
+    from dpal_cache.extract.config import ExtractConfig
+    from dpal_cache.views.config import CrowdConfig, GlobalViewConfig, LocalCropConfig, ViewsConfig
+
+    views = ViewsConfig(global_view=GlobalViewConfig(size=(64, 32)), local_crops=LocalCropConfig(size=(32, 16)),
+                        crowd=CrowdConfig(size=(64, 64)), crowds_per_image=crowds)
+    args = {"teacher": "random:vit_tiny", "views": views, "shard_images": 4, "calibration_images": 4,
+            "batch_size": 4, "workers": 0, "device": "cpu", **overrides}
+    return ExtractConfig(**args)
+
+
 def build_tiny_store(root: Path, ids: int = 5, images_per_id: int = 2, crowds: int = 1, **extract_overrides):
-    """(store path, image folder): synthetic 64x32 persons, scanned and extracted by a random ViT-Ti
-    teacher into 2 views of 64x32 and ``crowds`` 64x64 crowd images per image."""
+    """(store path, image folder): synthetic 64x32 persons (manifest at ``root/manifest.parquet``), scanned
+    and extracted with ``tiny_extract_config(crowds, **extract_overrides)``."""
     from dpal_cache.data.manifest import ScanConfig, read_manifest, scan
     from dpal_cache.data.sources import open_source
-    from dpal_cache.extract.config import ExtractConfig
     from dpal_cache.extract.run import extract
     from dpal_cache.synth import SynthConfig, synthesize
-    from dpal_cache.views.config import CrowdConfig, GlobalViewConfig, LocalCropConfig, ViewsConfig
 
     synthesize(root, SynthConfig(ids=ids, images_per_id=images_per_id, train_fraction=1.0, height=64, width=32,
                                  masks=False, workers=1))
     folder = root / "bounding_box_train"
     scan(open_source(folder), root / "manifest.parquet", ScanConfig(workers=1))
-    views = ViewsConfig(global_view=GlobalViewConfig(size=(64, 32)), local_crops=LocalCropConfig(size=(32, 16)),
-                        crowd=CrowdConfig(size=(64, 64)), crowds_per_image=crowds)
-    args = {"teacher": "random:vit_tiny", "views": views, "shard_images": 4, "calibration_images": 4,
-            "batch_size": 4, "workers": 0, "device": "cpu", **extract_overrides}
-    extract(ExtractConfig(**args), open_source(folder), read_manifest(root / "manifest.parquet"),
-            str(root / "feats.zarr"))
+    extract(tiny_extract_config(crowds, **extract_overrides), open_source(folder),
+            read_manifest(root / "manifest.parquet"), str(root / "feats.zarr"))
     return root / "feats.zarr", folder
 
 
@@ -49,3 +56,11 @@ def build_tiny_store(root: Path, ids: int = 5, images_per_id: int = 2, crowds: i
 def tiny_store_factory(tmp_path_factory):
     """``tiny_store_factory(name, **kwargs)`` -> (store path, image folder); see build_tiny_store."""
     return lambda name, **kwargs: build_tiny_store(tmp_path_factory.mktemp(name), **kwargs)
+
+
+@pytest.fixture(scope="session")
+def tiny_builders():
+    """``build_tiny_store`` and ``tiny_extract_config`` (as ``.store`` and ``.config``) for fixtures of any scope."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(store=build_tiny_store, config=tiny_extract_config)

@@ -39,8 +39,8 @@ def setup_logging(verbose: bool = False) -> None:
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:
-    """Print a one-line error and return the Exit to raise."""
-    console.print(f"[bold red]error:[/] {message}")
+    """Print a one-line error and return the Exit to raise (not re-wrapped: paths in it stay whole)."""
+    console.print(f"[bold red]error:[/] {message}", soft_wrap=True)
     return typer.Exit(code)
 
 

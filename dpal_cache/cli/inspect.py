@@ -58,6 +58,8 @@ def _summary_table(report: dict[str, Any]) -> Table:
     table.add_row("blocks", f"{c['blocks_done']:,} / {c['blocks_total']:,} done: {state}")
     table.add_row("images", f"{c['images_total']:,}: {c['images_ok']:,} ok, {c['images_skipped']:,} skipped (scan), "
                   f"{c['images_failed']:,} failed (extract), {c['images_pending']:,} pending")
+    if c.get("not_cached_by_reason"):
+        table.add_row("not cached", ", ".join(f"{n:,} {reason}" for reason, n in c["not_cached_by_reason"].items()))
     table.add_row("on disk", f"{_size(b['store_total'])} in all, {_size(b['arrays'])} in arrays")
     table.add_row("per image", f"{_size(b['per_image'])} on disk ({_size(b['per_image_uncompressed'])} uncompressed); "
                   f"{_size(b['per_view_row'])} per view row, {_size(b['per_crowd_row'])} per crowd row")

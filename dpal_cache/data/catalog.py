@@ -10,12 +10,16 @@ are kept as numpy arrays (not Python lists) so forked data workers do not copy t
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pyarrow as pa
 
 from dpal_cache.data.decode import DecodeConfig, ImageDecodeError, decode_rgb
-from dpal_cache.data.manifest import content_hash, ok_indices
-from dpal_cache.data.sources import ImageSource, SourceReadError
+from dpal_cache.data.manifest import _utf8, content_hash, ok_indices
+from dpal_cache.data.sources import FolderSource, ImageSource, SourceError, SourceReadError
+
+log = logging.getLogger(__name__)
 
 
 class ImageUnavailable(Exception):
@@ -26,6 +30,32 @@ class ImageUnavailable(Exception):
         self.reason = reason
         self.detail = detail
         super().__init__(f"image {index}: {reason}{': ' + detail if detail else ''}")
+
+
+def source_as_scanned(source: ImageSource, manifest: pa.Table) -> ImageSource:
+    """``source`` holding exactly the manifest's images, in its order.
+
+    A folder is listed again by each stage, so a file deleted or added since the scan would shift
+    every later index. Here a deleted file keeps its index (and reads as ``missing``) and a new file
+    is left out (re-run scan to include it). Lists and LMDBs name their images themselves.
+
+    Raises:
+        SourceError: none of the scanned files is in the folder (another folder than the one scanned).
+    """
+    keys = manifest.column("key").to_pylist()
+    if not isinstance(source, FolderSource):
+        return source
+    current = {_utf8(source.key(i)): source.key(i) for i in range(len(source))}
+    if list(current) == keys:
+        return source
+    gone = sum(k not in current for k in keys)
+    if keys and gone == len(keys):
+        raise SourceError(f"none of the {len(keys)} scanned images is in {source.root}: pass the folder that was "
+                          "scanned, or scan this one")
+    new = len(current) - (len(keys) - gone)
+    log.warning("%s changed since the scan: %d scanned file(s) are gone (they are recorded as missing), %d new "
+                "file(s) are left out (re-run scan to include them)", source.root, gone, new)
+    return FolderSource.with_keys(source.root, [current.get(k, k) for k in keys])
 
 
 class Catalog:

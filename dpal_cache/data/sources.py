@@ -144,6 +144,14 @@ class FolderSource(_KeyedFiles):
         super().__init__(root, keys)
         self.extensions = exts
 
+    @classmethod
+    def with_keys(cls, root: str | Path, keys: list[str]) -> FolderSource:
+        """The folder's images named by ``keys`` (relative paths), without listing it: files may be missing."""
+        source = cls.__new__(cls)
+        _KeyedFiles.__init__(source, Path(root), keys)
+        source.extensions = IMAGE_EXTENSIONS
+        return source
+
     def describe(self) -> dict[str, Any]:
         return {"kind": self.kind, "root": str(self.root.resolve()), "count": len(self)}
 

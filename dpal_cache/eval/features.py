@@ -217,14 +217,22 @@ def load_student_backbone(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     Returns:
         The timm backbone (``num_classes=0``, eval mode) and the JSON as a dict.
     """
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
+
+    from dpal_cache.train.checkpoint import load_weights
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no student weights at {path}")
     meta = _student_config(path)
     model = _create_backbone(meta)
-    model.load_state_dict(load_file(str(path)), strict=True)
+    try:
+        weights = load_file(str(path))
+    except SafetensorError as exc:
+        raise ValueError(f"{path} is not a readable safetensors file (truncated or corrupt: {exc}): "
+                         "export it again with `dpal-cache export`") from None
+    load_weights(model, weights, path)
     return model.eval(), meta
 
 

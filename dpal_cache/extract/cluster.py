@@ -50,6 +50,7 @@ from dpal_cache.extract.run import (
 )
 from dpal_cache.store import io as store_io
 from dpal_cache.store.layout import StoreLayout
+from dpal_cache.store.lock import StoreLock
 
 log = logging.getLogger(__name__)
 
@@ -225,50 +226,52 @@ def extract_distributed(
         gpu = workers_have_gpus(client)
     opts: dict[str, Any] = {"pure": False, "retries": retries, "resources": {"GPU": 1} if gpu else None}
 
-    layout, attrs = client.submit(_plan_task, job, **opts).result()
-    manifest = read_manifest(manifest_path)
-    if manifest_fingerprint(manifest) != attrs["manifest_fingerprint"]:
-        raise store_io.StoreError(f"the workers read another manifest at {manifest_path} than this process")
-    # ExtractSession.open_or_create only needs these three fields: reuse it without loading a teacher here
-    group = ExtractSession.open_or_create(_Plan(layout, attrs, manifest), out, overwrite, storage_options)
-    if store_io.store_meta(group).get("calibration") is None:
-        write_calibration(group, client.submit(_calibrate_task, job, **opts).result())
+    # the coordinator holds the writer lock for its workers: they write disjoint blocks under it
+    with StoreLock(out):
+        layout, attrs = client.submit(_plan_task, job, **opts).result()
+        manifest = read_manifest(manifest_path)
+        if manifest_fingerprint(manifest) != attrs["manifest_fingerprint"]:
+            raise store_io.StoreError(f"the workers read another manifest at {manifest_path} than this process")
+        # ExtractSession.open_or_create only needs these three fields: reuse it without loading a teacher here
+        group = ExtractSession.open_or_create(_Plan(layout, attrs, manifest), out, overwrite, storage_options)
+        if store_io.store_meta(group).get("calibration") is None:
+            write_calibration(group, client.submit(_calibrate_task, job, **opts).result())
 
-    done = store_io.done_blocks(group)
-    todo = [b for b in range(layout.n_shards) if not done[b]]
-    log.info("extracting %d of %d blocks (%d images each) on %d dask worker(s)%s", len(todo), layout.n_shards,
-             layout.shard_images, len(client.scheduler_info(n_workers=-1)["workers"]), " (GPU)" if gpu else "")
-    summary = ExtractSummary(out=out, blocks_total=layout.n_shards, blocks_done_before=int(done.sum()),
-                             bytes_per_image=layout.bytes_per_image())
-    reasons: Counter[str] = Counter()
-    errors: list[tuple[int, BaseException]] = []
-    futures = client.map(_block_task, todo, job=job, out=out, storage_options=storage_options, **opts)
-    block_of = {f.key: b for f, b in zip(futures, todo)}
-    try:
-        for fut in as_completed(futures):
-            try:
-                res = fut.result()
-            except Exception as exc:  # raised on every attempt: let the other blocks finish first
-                errors.append((block_of[fut.key], exc))
-                continue
-            summary.blocks_written += 1
-            summary.images += res["images"]
-            summary.failed += res["failed"]
-            reasons.update(res["reasons"])
-            if progress is not None:
-                progress(res["images"], res["failed"])
-    finally:
-        client.cancel([f for f in futures if not f.done()])  # an interrupted coordinator leaves no work behind
-    summary.ok = summary.images - summary.failed
-    summary.failures_by_reason = dict(reasons.most_common())
-    if errors:
-        blocks = sorted(b for b, _ in errors)
-        exc = errors[0][1]
-        exc.add_note(f"{len(blocks)} block(s) failed after {retries} retries: {blocks}; "
-                     f"{summary.blocks_written} written now; re-run to resume")
-        raise exc
-    finalize(group)
-    summary.seconds = time.perf_counter() - start
-    log.info("wrote %d blocks (%d images, %d not cached) in %.1fs", summary.blocks_written, summary.images,
-             summary.failed, summary.seconds)
-    return summary
+        done = store_io.done_blocks(group)
+        todo = [b for b in range(layout.n_shards) if not done[b]]
+        log.info("extracting %d of %d blocks (%d images each) on %d dask worker(s)%s", len(todo), layout.n_shards,
+                 layout.shard_images, len(client.scheduler_info(n_workers=-1)["workers"]), " (GPU)" if gpu else "")
+        summary = ExtractSummary(out=out, blocks_total=layout.n_shards, blocks_done_before=int(done.sum()),
+                                 bytes_per_image=layout.bytes_per_image())
+        reasons: Counter[str] = Counter()
+        errors: list[tuple[int, BaseException]] = []
+        futures = client.map(_block_task, todo, job=job, out=out, storage_options=storage_options, **opts)
+        block_of = {f.key: b for f, b in zip(futures, todo)}
+        try:
+            for fut in as_completed(futures):
+                try:
+                    res = fut.result()
+                except Exception as exc:  # raised on every attempt: let the other blocks finish first
+                    errors.append((block_of[fut.key], exc))
+                    continue
+                summary.blocks_written += 1
+                summary.images += res["images"]
+                summary.failed += res["failed"]
+                reasons.update(res["reasons"])
+                if progress is not None:
+                    progress(res["images"], res["failed"])
+        finally:
+            client.cancel([f for f in futures if not f.done()])  # an interrupted coordinator leaves no work behind
+        summary.ok = summary.images - summary.failed
+        summary.failures_by_reason = dict(reasons.most_common())
+        if errors:
+            blocks = sorted(b for b, _ in errors)
+            exc = errors[0][1]
+            exc.add_note(f"{len(blocks)} block(s) failed after {retries} retries: {blocks}; "
+                         f"{summary.blocks_written} written now; re-run to resume")
+            raise exc
+        finalize(group)
+        summary.seconds = time.perf_counter() - start
+        log.info("wrote %d blocks (%d images, %d not cached) in %.1fs", summary.blocks_written, summary.images,
+                 summary.failed, summary.seconds)
+        return summary

@@ -12,12 +12,13 @@ metadata documents); "uncompressed" is what the written rows hold in memory.
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from typing import Any
 
 import numpy as np
 
 from dpal_cache.config import from_dict
-from dpal_cache.store.io import done_blocks, open_store, store_meta
+from dpal_cache.store.io import done_blocks, open_store, read_failures, store_meta
 from dpal_cache.store.layout import STATUS_FAILED, STATUS_OK, STATUS_PENDING, STATUS_SKIPPED, StoreLayout
 
 
@@ -67,6 +68,9 @@ def completion(group, layout: StoreLayout) -> dict[str, Any]:
         "images_failed": int((status == STATUS_FAILED).sum()),
         "images_pending": int((status == STATUS_PENDING).sum()),
         "complete": bool(done.all()),
+        # "stage: reason" -> count, from the failure records of the written blocks
+        "not_cached_by_reason": dict(Counter(f"{r.get('stage')}: {r['reason']}"
+                                             for r in read_failures(group).values()).most_common()),
     }
 
 

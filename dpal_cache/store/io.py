@@ -12,23 +12,55 @@ simply written again on resume. Metadata is consolidated once at the end.
 
 from __future__ import annotations
 
+import functools
+import json
 import logging
+import os
 import warnings
-from typing import Any
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 import zarr
 import zarr.codecs
 
-from dpal_cache.store.layout import FORMAT_VERSION, StoreLayout
+from dpal_cache.store.layout import FORMAT_VERSION, STATUS_OK, StoreLayout
 
 log = logging.getLogger(__name__)
 
 ATTRS_KEY = "dpal_cache"
+# set while create_store runs: a group that still has it holds no computed data and is created again
+CREATING_KEY = "dpal_cache_creating"
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 class StoreError(Exception):
     """A store is missing, of another format, or does not match what is asked of it."""
+
+
+class StoreWriteError(StoreError):
+    """A write into the store failed (disk full, permissions, storage errors); re-running resumes."""
+
+
+def _writes(what: str) -> Callable[[F], F]:
+    """Turn an OSError raised while writing ``what`` into a StoreWriteError that says how to recover."""
+
+    def wrap(fn: F) -> F:
+        @functools.wraps(fn)
+        def run(*args, **kwargs):
+            try:
+                return fn(*args, **kwargs)
+            except OSError as exc:
+                raise StoreWriteError(
+                    f"writing {what} into the store failed: {exc}. Free space (or fix the storage), then re-run "
+                    "the same command: finished blocks are kept, the unfinished ones are written again"
+                ) from exc
+
+        return run  # type: ignore[return-value]
+
+    return wrap
 
 
 def _options(storage_options: dict | None) -> dict:
@@ -41,9 +73,47 @@ def _compressor(name: str) -> zarr.codecs.ZstdCodec:
     return zarr.codecs.ZstdCodec(level=1 if name.endswith("tokens") else 3)
 
 
-def create_store(url: str, layout: StoreLayout, attrs: dict[str, Any], storage_options: dict | None = None):
-    """Create (replacing anything at ``url``) a store with every array of ``layout`` preallocated."""
-    group = zarr.open_group(url, mode="w", zarr_format=3, **_options(storage_options))
+def local_store_path(url) -> Path | None:
+    """The folder of a local store (a path, a ``file://`` URL or a zarr ``LocalStore``), else None."""
+    from zarr.storage import LocalStore
+
+    if isinstance(url, LocalStore):
+        return Path(url.root)
+    if isinstance(url, os.PathLike):
+        return Path(url)
+    if not isinstance(url, str):
+        return None
+    if url.startswith("file://"):
+        return Path(url[len("file://"):])
+    return None if "://" in url else Path(url)
+
+
+def remove_partial_files(url) -> int:
+    """Delete the temp files (``*.partial``) that a writer killed mid-write left in a local store.
+
+    Call only while holding the store's writer lock (no live writer has temp files then). Returns the count.
+    """
+    root = local_store_path(url)
+    if root is None or not root.is_dir():
+        return 0
+    stale = list(root.rglob("*.partial"))
+    for path in stale:
+        path.unlink(missing_ok=True)
+    if stale:
+        log.info("removed %d temp file(s) left by an interrupted write in %s", len(stale), root)
+    return len(stale)
+
+
+@_writes("the arrays and attributes")
+def create_store(url: str, layout: StoreLayout, attrs: dict[str, Any], storage_options: dict | None = None,
+                 files: dict[str, bytes] | None = None):
+    """Create (replacing anything at ``url``) a store with every array of ``layout`` preallocated.
+
+    ``files`` (e.g. ``manifest.parquet``) are stored before the attributes, which come last: a store
+    whose creation was interrupted has no ``dpal_cache`` attributes yet and is created again.
+    """
+    group = zarr.open_group(url, mode="w", zarr_format=3, attributes={CREATING_KEY: True},
+                            **_options(storage_options))
     for name, spec in layout.arrays().items():
         group.create_array(
             name,
@@ -54,7 +124,9 @@ def create_store(url: str, layout: StoreLayout, attrs: dict[str, Any], storage_o
             compressors=_compressor(name),
             fill_value=0,
         )
-    group.attrs.put({ATTRS_KEY: attrs})
+    for key, data in (files or {}).items():
+        put_bytes(group, key, data)
+    group.attrs.put({ATTRS_KEY: attrs})  # replaces the creation marker: the store exists from here on
     return group
 
 
@@ -65,6 +137,8 @@ def open_store(url: str, mode: str = "r", storage_options: dict | None = None):
     except (FileNotFoundError, zarr.errors.GroupNotFoundError) as exc:
         raise StoreError(f"no feature store at {url} ({exc})") from None
     meta = group.attrs.get(ATTRS_KEY)
+    if not isinstance(meta, dict) and group.attrs.get(CREATING_KEY):
+        raise StoreError(f"no feature store at {url} yet: its creation was interrupted before any data was written")
     if not isinstance(meta, dict):
         raise StoreError(f"{url} is a Zarr group but not a dpal-cache store (no '{ATTRS_KEY}' attributes)")
     version = meta.get("format_version")
@@ -82,6 +156,7 @@ def store_meta(group) -> dict[str, Any]:
     return dict(group.attrs[ATTRS_KEY])
 
 
+@_writes("the attributes")
 def update_meta(group, **fields: Any) -> None:
     """Rewrite some top-level attribute fields (coordinator only: attrs are one JSON document)."""
     meta = store_meta(group)
@@ -94,6 +169,56 @@ def done_blocks(group) -> np.ndarray:
     return group["shards/done"][:].astype(bool)
 
 
+def layout_problems(group, layout: StoreLayout) -> list[str]:
+    """What in a store disagrees with its layout ([] when nothing): missing arrays, other shapes or dtypes,
+    and done blocks whose data objects are gone (zarr would read those as zeros).
+
+    Uses the store's own listing, not consolidated metadata, which still lists what was deleted.
+    A done block whose images all failed legitimately has no tokens (all-zero chunks are not stored), and
+    ``views/mask_score`` may be all zeros, so neither is required.
+    """
+    from zarr.core.sync import sync
+
+    root = group.store_path.path
+    prefix = f"{root}/" if root else ""
+
+    async def listing() -> set[str]:
+        return {key[len(prefix):] async for key in group.store.list_prefix(prefix)}
+
+    keys = sync(listing())
+    present: dict[str, set[int]] = {}  # array -> indices along axis 0 of its stored chunks / shards
+    for key in keys:
+        name, sep, rest = key.partition("/c/")
+        if sep:
+            present.setdefault(name, set()).add(int(rest.split("/")[0]))
+    problems = []
+    specs = layout.arrays()
+    for name, spec in specs.items():
+        if f"{name}/zarr.json" not in keys:
+            problems.append(f"{name} is missing")
+            continue
+        arr = group[name]
+        if tuple(arr.shape) != tuple(spec.shape) or np.dtype(arr.dtype) != np.dtype(spec.dtype):
+            problems.append(f"{name} is {tuple(arr.shape)} {arr.dtype}, the layout says {tuple(spec.shape)} "
+                            f"{spec.dtype}")
+    if problems or "images/status" not in specs:
+        return problems
+    done = np.flatnonzero(done_blocks(group))
+    status = group["images/status"][:]
+    with_ok = [int(b) for b in done if (status[layout.shard_images_range(int(b))] == STATUS_OK).any()]
+    for name, spec in specs.items():
+        if name == "views/mask_score":  # may be all zeros for a whole block (then legitimately not stored)
+            continue
+        needed = (done.tolist() if name == "images/status" else with_ok) if spec.rows_per_image else []
+        if name.startswith("calibration/") and with_ok:
+            needed = [0]
+        lost = sorted(set(needed) - present.get(name, set()))
+        if lost:
+            problems.append(f"{name} lacks the data of {len(lost)} done block(s), e.g. block {lost[0]}")
+    return problems
+
+
+@_writes("a block")
 def write_block(group, layout: StoreLayout, block: int, arrays: dict[str, np.ndarray]) -> None:
     """Write every per-image array of ``block`` in one assignment each, then mark it done."""
     images = layout.shard_images_range(block)
@@ -111,11 +236,13 @@ def write_block(group, layout: StoreLayout, block: int, arrays: dict[str, np.nda
     group["shards/done"][block] = 1
 
 
+@_writes("the calibration")
 def write_calibration(group, arrays: dict[str, np.ndarray]) -> None:
     for name, value in arrays.items():
         group[f"calibration/{name}"][:] = value
 
 
+@_writes("a file")
 def put_bytes(group, key: str, data: bytes) -> None:
     """Store a plain file (e.g. ``manifest.parquet``) inside the store, next to the Zarr nodes."""
     from zarr.core.buffer import default_buffer_prototype
@@ -133,6 +260,31 @@ def get_bytes(group, key: str) -> bytes | None:
     return None if buf is None else buf.to_bytes()
 
 
+def failures_key(block: int) -> str:
+    return f"failures/{block:06d}.json"
+
+
+def write_failures(group, block: int, failures: list[dict[str, Any]]) -> None:
+    """Record why the images of ``block`` that are not cached were not (``index``, ``key``, ``reason``).
+
+    Written by the block's writer before its arrays (one writer per file, rewritten with the block).
+    """
+    put_bytes(group, failures_key(block), json.dumps({"block": block, "images": failures}).encode())
+
+
+def read_failures(group) -> dict[int, dict[str, Any]]:
+    """Image index -> ``{"index", "key", "reason"}`` of every recorded not-cached image of done blocks."""
+    done = np.flatnonzero(done_blocks(group))
+    out: dict[int, dict[str, Any]] = {}
+    for block in done.tolist():
+        raw = get_bytes(group, failures_key(block))
+        if raw is None:  # stores written before failures were recorded
+            continue
+        for record in json.loads(raw)["images"]:
+            out[int(record["index"])] = record
+    return out
+
+
 def read_store_manifest(group, source=None):
     """The manifest a store was extracted from (a pyarrow Table), checked against ``source`` if given.
 
@@ -143,19 +295,26 @@ def read_store_manifest(group, source=None):
 
     import pyarrow.parquet as pq
 
-    from dpal_cache.data.manifest import manifest_metadata
-
     raw = get_bytes(group, "manifest.parquet")
     if raw is None:
         raise StoreError("the store lacks manifest.parquet: it was not written by `dpal-cache extract`")
     manifest = pq.read_table(io.BytesIO(raw))
-    stored = manifest_metadata(manifest).get("source_fingerprint")
-    if source is not None and stored is not None and stored != source.fingerprint():
-        raise StoreError(f"the images given ({source.describe()}) are not the ones the store was extracted from "
-                         "(different keys or order): pass the same --data as for extract")
+    if source is not None:
+        check_store_source(manifest, source)
     return manifest
 
 
+def check_store_source(manifest, source) -> None:
+    """Raise StoreError when ``source`` names other images (keys or order) than the store's ``manifest``."""
+    from dpal_cache.data.manifest import manifest_metadata
+
+    stored = manifest_metadata(manifest).get("source_fingerprint")
+    if stored is not None and stored != source.fingerprint():
+        raise StoreError(f"the images given ({source.describe()}) are not the ones the store was extracted from "
+                         "(different keys or order): pass the same --data as for extract")
+
+
+@_writes("the consolidated metadata")
 def consolidate(group) -> None:
     """Consolidate metadata once, at the end (one read opens the store on remote filesystems)."""
     with warnings.catch_warnings():

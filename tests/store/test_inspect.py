@@ -72,7 +72,7 @@ def test_report_describes_arrays_and_completion(store):
                            "calibration/pca_component", "calibration/token_scales"}
     assert r["completion"] == {"blocks_done": 4, "blocks_total": 4, "images_total": n, "images_written": n,
                                "images_ok": GOOD, "images_skipped": 1, "images_failed": 0, "images_pending": 0,
-                               "complete": True}
+                               "complete": True, "not_cached_by_reason": {"scan: not_an_image": 1}}
     assert r["complete_attr"] is True
     assert r["format_version"] == 1 and r["dpal_cache_version"]
     assert r["teacher"]["name"] == "random:vit_tiny" and r["teacher"]["random"] is True
