@@ -29,21 +29,24 @@ from torch.utils.data import DataLoader
 
 from dpal_cache import __version__
 from dpal_cache.config import differences, to_dict
-from dpal_cache.data.catalog import Catalog
+from dpal_cache.data.catalog import Catalog, source_as_scanned
 from dpal_cache.data.manifest import manifest_fingerprint
 from dpal_cache.data.sources import FolderSource, ImageSource
 from dpal_cache.extract.calibrate import Calibration, fit_calibration
 from dpal_cache.extract.compute import BlockBuffer, TeacherStep, measure_precision
 from dpal_cache.extract.config import RUNTIME_FIELDS, ExtractConfig
-from dpal_cache.extract.items import Backgrounds, ExtractItems, block_batches, collate
+from dpal_cache.extract.items import Backgrounds, ExtractItems, block_batches, collate, worker_context
 from dpal_cache.store import io as store_io
 from dpal_cache.store.layout import FORMAT_VERSION, STATUS_OK, StoreLayout
+from dpal_cache.store.lock import StoreLock
 from dpal_cache.views.crowd import RECIPE_LEN
 from dpal_cache.views.params import PARAM_LEN
 
 log = logging.getLogger(__name__)
 
 Progress = Callable[[int, int], None]  # (images finished in this step, of which failed)
+# crowd images whose teacher maps measure the map codec's error in the calibration pass
+CALIBRATION_CROWD_IMAGES = 4
 
 
 @dataclass
@@ -169,7 +172,7 @@ class ExtractSession:
         from dpal_cache.teachers import load_teacher
 
         self.cfg = cfg
-        self.source = source
+        self.source = source = source_as_scanned(source, manifest)  # a file deleted since the scan keeps its index
         self.manifest = manifest
         self.device = resolve_device(cfg.device)
         if teacher is None:
@@ -194,10 +197,11 @@ class ExtractSession:
                 if "no feature store" not in str(exc):
                     raise
         if group is None:
-            group = store_io.create_store(out, self.layout, self.attrs, storage_options)
-            store_io.put_bytes(group, "manifest.parquet", _manifest_bytes(self.manifest))
+            group = store_io.create_store(out, self.layout, self.attrs, storage_options,
+                                          files={"manifest.parquet": _manifest_bytes(self.manifest)})
         else:
             check_resumable(store_io.store_meta(group), self.attrs)
+            store_io.remove_partial_files(out)  # the caller holds the writer lock
             log.info("resuming %s", out)
         return group
 
@@ -212,15 +216,30 @@ class ExtractSession:
         chosen = np.unique(np.linspace(0, len(ok) - 1, min(cfg.calibration_images, len(ok))).round().astype(int))
         chosen = ok[chosen].tolist()
         batches = [chosen[i : i + cfg.batch_size] for i in range(0, len(chosen), cfg.batch_size)]
-        outs = [out for out in map(self.step, self._loader(batches, workers)) if "tokens" in out]
+        outs, crowd_outs, crowd_images = [], [], 0
+        for batch in self._loader(batches, workers):
+            # the fit needs the views only; crowd maps only measure the map codec's error, which the
+            # first CALIBRATION_CROWD_IMAGES images measure as well (each map is Lc attention rows),
+            # instead of paying crowd forwards for every calibration image (about half of the pass)
+            out = self.step({**batch, "crowds": batch["crowds"][:, :0]})
+            if "tokens" in out:
+                outs.append(out)
+            need = CALIBRATION_CROWD_IMAGES - crowd_images
+            if need > 0:
+                status = batch["status"][:need]
+                crowd = self.step({"status": status, "views": batch["views"][:need, :0],
+                                   "crowds": batch["crowds"][:need]})
+                if "crowd_attn" in crowd:
+                    crowd_outs.append(crowd)
+                    crowd_images += int((status == STATUS_OK).sum())
         if not outs:
             raise ValueError("no calibration image could be read at extract time")
         tokens = np.concatenate([o["tokens"] for o in outs])
         calib = fit_calibration(tokens, self.layout.view_grid, images=len(chosen))
         maps = {"attn_cls": np.concatenate([o["attn_cls"] for o in outs])}
-        for key, name in (("crowd_attn", "crowd_attn"), ("crowd_gram", "crowd_gram")):
-            if all(key in o for o in outs):
-                maps[name] = np.concatenate([o[key] for o in outs])
+        for key in ("crowd_attn", "crowd_gram"):
+            if crowd_outs and key in crowd_outs[0]:
+                maps[key] = np.concatenate([o[key] for o in crowd_outs])
         measured = measure_precision(self.layout, calib.token_scales, tokens, maps)
         calib = dataclasses.replace(calib, measured=measured)
         log.info("calibration on %d images: mask component explains %.1f%% of patch variance; codec error %s",
@@ -243,8 +262,8 @@ class ExtractSession:
             num_workers=workers,
             collate_fn=collate,
             pin_memory=self.device.type == "cuda",
-            # workers start clean instead of forking a process that holds the teacher and its threads
-            multiprocessing_context="forkserver" if workers else None,
+            # forkserver with torch preloaded: clean workers that start in ~0.1 s (items.worker_context)
+            multiprocessing_context=worker_context() if workers else None,
             prefetch_factor=4 if workers else None,
         )
 
@@ -273,10 +292,27 @@ class ExtractSession:
                         log.debug("image %d not cached: %s", index, reason)
                     while len(pending) >= 2:
                         pending.pop(0).result()
-                    pending.append(writer.submit(store_io.write_block, group, layout, block, buf.arrays))
+                    pending.append(writer.submit(write_block_and_failures, group, layout, block, buf.arrays,
+                                                 self.failure_records(buf.failures)))
             for fut in pending:
                 fut.result()
         return reasons
+
+
+    def failure_records(self, failures: list[tuple[int, str]]) -> list[dict[str, Any]]:
+        """(index, reason) of a block's not-cached images -> the records kept in the store (scan reasons
+        come from the manifest)."""
+        keys, scan_reasons = self.manifest.column("key"), self.manifest.column("reason")
+        return [{"index": i, "key": keys[i].as_py(), "stage": "scan" if reason == "failed_scan" else "extract",
+                 "reason": scan_reasons[i].as_py() if reason == "failed_scan" else reason}
+                for i, reason in failures]
+
+
+def write_block_and_failures(group, layout: StoreLayout, block: int, arrays: dict[str, np.ndarray],
+                             failures: list[dict[str, Any]]) -> None:
+    """The block's failure records, then its arrays and done flag (``store_io.write_block``)."""
+    store_io.write_failures(group, block, failures)
+    store_io.write_block(group, layout, block, arrays)
 
 
 def write_calibration(group, calib: Calibration) -> None:
@@ -318,29 +354,30 @@ def extract(
         max_blocks: stop after this many blocks (time-boxed runs and tests; re-run to resume).
     """
     start = time.perf_counter()
-    session = ExtractSession(cfg, source, manifest, teacher)
-    layout = session.layout
-    workers = _worker_count(cfg)
-    group = session.open_or_create(out, overwrite, storage_options)
-    calib = session.ensure_calibration(group, workers)
-    done = store_io.done_blocks(group)
-    todo = [b for b in range(layout.n_shards) if not done[b]][:max_blocks]
-    log.info("extracting %d of %d blocks (%d images each) with %d worker(s) on %s",
-             len(todo), layout.n_shards, layout.shard_images, workers, session.device)
-    summary = ExtractSummary(out=out, blocks_total=layout.n_shards, blocks_done_before=int(done.sum()),
-                             blocks_written=len(todo), bytes_per_image=layout.bytes_per_image())
+    with StoreLock(out):  # one writer per store; a dead holder's lock is released by the kernel
+        session = ExtractSession(cfg, source, manifest, teacher)
+        layout = session.layout
+        workers = _worker_count(cfg)
+        group = session.open_or_create(out, overwrite, storage_options)
+        calib = session.ensure_calibration(group, workers)
+        done = store_io.done_blocks(group)
+        todo = [b for b in range(layout.n_shards) if not done[b]][:max_blocks]
+        log.info("extracting %d of %d blocks (%d images each) with %d worker(s) on %s",
+                 len(todo), layout.n_shards, layout.shard_images, workers, session.device)
+        summary = ExtractSummary(out=out, blocks_total=layout.n_shards, blocks_done_before=int(done.sum()),
+                                 blocks_written=len(todo), bytes_per_image=layout.bytes_per_image())
 
-    def count(n: int, failed: int) -> None:
-        summary.images += n
-        summary.failed += failed
-        if progress is not None:
-            progress(n, failed)
+        def count(n: int, failed: int) -> None:
+            summary.images += n
+            summary.failed += failed
+            if progress is not None:
+                progress(n, failed)
 
-    reasons = session.run_blocks(group, todo, calib, workers, count)
-    summary.ok = summary.images - summary.failed
-    summary.failures_by_reason = dict(reasons.most_common())
-    finalize(group)
-    summary.seconds = time.perf_counter() - start
-    log.info("wrote %d blocks (%d images, %d not cached) in %.1fs", summary.blocks_written, summary.images,
-             summary.failed, summary.seconds)
-    return summary
+        reasons = session.run_blocks(group, todo, calib, workers, count)
+        summary.ok = summary.images - summary.failed
+        summary.failures_by_reason = dict(reasons.most_common())
+        finalize(group)
+        summary.seconds = time.perf_counter() - start
+        log.info("wrote %d blocks (%d images, %d not cached) in %.1fs", summary.blocks_written, summary.images,
+                 summary.failed, summary.seconds)
+        return summary

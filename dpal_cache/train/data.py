@@ -28,13 +28,13 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from dpal_cache.config import from_dict
-from dpal_cache.data.catalog import Catalog, ImageUnavailable
+from dpal_cache.data.catalog import Catalog, ImageUnavailable, source_as_scanned
 from dpal_cache.data.decode import DecodeConfig
-from dpal_cache.data.sources import FolderSource, ImageSource
+from dpal_cache.data.sources import FolderSource, ImageSource, SourceError
 from dpal_cache.extract.compute import decode_map, decode_tokens
 from dpal_cache.extract.items import Backgrounds
 from dpal_cache.store import io as store_io
-from dpal_cache.store.layout import STATUS_OK
+from dpal_cache.store.layout import STATUS_OK, StoreLayout
 from dpal_cache.views.config import LocalCropConfig, ViewsConfig
 from dpal_cache.views.crowd import CrowdRecipe, render_crowd
 from dpal_cache.views.local import local_crops
@@ -169,6 +169,14 @@ class StoreDataset(Dataset):
                 f"{url} is incomplete ({int(done.sum())} of {len(done)} blocks done): "
                 "re-run the same `dpal-cache extract` command to finish it"
             )
+        problems = store_io.layout_problems(group, from_dict(StoreLayout, meta["layout"]))
+        dim = meta.get("teacher", {}).get("embed_dim")
+        if dim is not None and dim != meta["layout"]["dim"]:
+            problems.append(f"the teacher has {dim} dims, the layout says {meta['layout']['dim']}")
+        if problems:
+            raise StoreMismatch(f"{url} does not hold what its attributes describe (damaged, or copied "
+                                "incompletely):\n  " + "\n  ".join(problems)
+                                + "\ncopy the whole store again, or re-extract it (--overwrite)")
         self.meta = meta
         self.layout = meta["layout"]
         self.views: ViewsConfig = from_dict(ViewsConfig, meta["views"])
@@ -183,8 +191,10 @@ class StoreDataset(Dataset):
             )
         self.relation_array = relation_array
         try:
-            manifest = store_io.read_store_manifest(group, source)
-        except store_io.StoreError as exc:
+            manifest = store_io.read_store_manifest(group)
+            source = source_as_scanned(source, manifest)  # a file deleted since the scan keeps its index
+            store_io.check_store_source(manifest, source)
+        except (store_io.StoreError, SourceError) as exc:
             raise StoreMismatch(f"{url}: {exc}") from None
         decode = from_dict(DecodeConfig, meta["extract_config"]["decode"])
         self.catalog = Catalog(source, manifest, decode)
@@ -268,23 +278,33 @@ class StoreDataset(Dataset):
     def __getitems__(self, keys: list[int]) -> dict[str, Any]:
         """A whole batch (already collated): inputs uint8, targets float32, ``valid`` mask."""
         images, epochs = sample_keys(keys, self.images)
-        view_rows = [i * self.v + epoch_choice(self.seed, STREAM_EPOCH_VIEW, i, e, self.v)
-                     for i, e in zip(images, epochs)]
-        crowd_rows = [i * self.c + epoch_choice(self.seed, STREAM_EPOCH_CROWD, i, e, self.c)
-                      for i, e in zip(images, epochs)]
-        got = self._read_rows({
-            "views/tokens": view_rows,
-            "views/attn_cls": view_rows,
-            "views/mask_score": view_rows,
-            self.relation_array: crowd_rows,
-        })
+        view_rows, crowd_rows = self.target_rows(images, epochs)
+        targets = self.read_targets(view_rows, crowd_rows)
 
         def render(k: int):
             return render_sample(self.catalog, images[k], epochs[k], self.params[view_rows[k]],
                                  self.recipes[crowd_rows[k]], self.local_crop_cfg, self.seed, self.backgrounds)
 
         batch = render_inputs(images, epochs, render, self.views, self.local_crop_cfg, self.skip_changed)
-        return {**batch, **decode_targets(got, self.token_scales, self.relation_array)}
+        return {**batch, **targets}
+
+    def target_rows(self, images: list[int], epochs: list[int]) -> tuple[list[int], list[int]]:
+        """The view rows and crowd rows that train images ``images`` in ``epochs``."""
+        view_rows = [i * self.v + epoch_choice(self.seed, STREAM_EPOCH_VIEW, i, e, self.v)
+                     for i, e in zip(images, epochs)]
+        crowd_rows = [i * self.c + epoch_choice(self.seed, STREAM_EPOCH_CROWD, i, e, self.c)
+                      for i, e in zip(images, epochs)]
+        return view_rows, crowd_rows
+
+    def read_targets(self, view_rows: list[int], crowd_rows: list[int]) -> dict[str, torch.Tensor]:
+        """The decoded float32 ``t_*`` targets of these rows (one gathered read per array)."""
+        got = self._read_rows({
+            "views/tokens": view_rows,
+            "views/attn_cls": view_rows,
+            "views/mask_score": view_rows,
+            self.relation_array: crowd_rows,
+        })
+        return decode_targets(got, self.token_scales, self.relation_array)
 
 
 class EpochSampler(Sampler[list[int]]):

@@ -32,7 +32,7 @@ from torch.nn.parallel import DistributedDataParallel
 from dpal_cache.config import differences, dump_yaml, to_dict
 from dpal_cache.data.sources import ImageSource
 from dpal_cache.extract.run import resolve_device
-from dpal_cache.train.checkpoint import load_checkpoint, save_checkpoint
+from dpal_cache.train.checkpoint import load_checkpoint, load_weights, save_checkpoint
 from dpal_cache.train.config import TrainConfig
 from dpal_cache.train.data import EpochSampler, StoreDataset, StoreMismatch, make_loader
 from dpal_cache.train.decoders import build_decoder
@@ -212,8 +212,10 @@ def run_training(
     torch.manual_seed(cfg.seed)  # same initial weights on every rank
     model = build_model(cfg, dataset).to(device)
     ema = EMA(model.student, cfg.ema_decay) if cfg.ema_decay else None
+    # every parameter gets a gradient each step (every decoder kind and loss weight, checked in
+    # tests/train/test_ddp.py), so DDP need not search the graph for unused ones
     ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
-                                  find_unused_parameters=True) if env.world > 1 else None
+                                  find_unused_parameters=False) if env.world > 1 else None
     sampler_args = dict(n=len(dataset), batch_size=cfg.batch_size, end_epoch=cfg.epochs, seed=cfg.seed,
                         rank=env.rank, world=env.world)
     per_epoch = EpochSampler(**sampler_args).batches_per_epoch()
@@ -226,7 +228,7 @@ def run_training(
 
     step, epoch, batch_in_epoch = 0, 0, 0
     if state is not None:
-        model.load_state_dict(state["model"])
+        load_weights(model, state["model"], last_path)
         optimizer.load_state_dict(state["optimizer"])
         if ema is not None:
             ema.load_state_dict(state["ema"])

@@ -45,7 +45,7 @@ def test_two_process_torchrun_trains_on_disjoint_samples(store, tmp_path, read_m
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
            str(tmp_path), "train", "--store", store.url, "--data", str(store.folder), "--out", str(run_dir),
            "--batch-size", "2", "--max-steps", "3", "--epochs", "2", "--workers", "0", "--device", "cpu",
-           "--set", "log_every=1", "--set", "optim.warmup_epochs=0", "--decoder", "linear"]  # fmt: skip
+           "--set", "log_every=1", "--set", "optim.warmup_epochs=0"]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env, check=False)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -65,3 +65,25 @@ def test_two_process_torchrun_trains_on_disjoint_samples(store, tmp_path, read_m
         a = {k for k in keys[0] if k // n == epoch}
         b = {k for k in keys[1] if k // n == epoch}
         assert not a & b, epoch
+
+
+@pytest.mark.parametrize("sets", [{}, {"decoder.kind": "linear"}, {"decoder.kind": "mae"}, {"decoder.kind": "moe"},
+                                  {"decoder.low_rank": 4}, {"loss.relation": "gram"}, {"loss.relation_weight": 0.0},
+                                  {"loss.mask": "attention", "loss.local_norm": "mask"}])
+def test_every_parameter_gets_a_gradient(store, sets):
+    """DDP runs with find_unused_parameters=False: a parameter without a gradient would stall it."""
+    import torch
+
+    from dpal_cache.config import load_config
+    from dpal_cache.data.sources import open_source
+    from dpal_cache.train.config import TrainConfig
+    from dpal_cache.train.data import StoreDataset
+    from dpal_cache.train.loop import _to_device, build_model
+
+    cfg = load_config(TrainConfig, overrides=sets)
+    dataset = StoreDataset(store.url, open_source(store.folder), relation=cfg.loss.relation)
+    torch.manual_seed(0)
+    model = build_model(cfg, dataset)
+    batch = _to_device(dataset.__getitems__([0, 1]), torch.device("cpu"))
+    model(batch, 0)["loss"].backward()
+    assert [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None] == []
