@@ -7,9 +7,7 @@ import typer
 from dpal_cache.cli.common import console
 
 # command -> (one-line help, issue that builds it)
-PLANNED: dict[str, tuple[str, int]] = {
-    "bench": ("Benchmarks of the disk-for-compute trade.", 7),
-}
+PLANNED: dict[str, tuple[str, int]] = {}
 
 
 def register(app: typer.Typer) -> None:
