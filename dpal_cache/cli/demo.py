@@ -54,7 +54,7 @@ def demo_command(
 ) -> None:
     """Run the whole product on generated data: synth, scan, teacher, extract, train, export, reid, pictures.
 
-    The teacher is a small ViT trained for ~35 s (400 steps) on the synthetic identities (a stand-in
+    The teacher is a small ViT trained for 400 steps (~30 s) on the synthetic identities (a stand-in
     with real signal, not PATH-B): it shows the mechanics, not PATH-B's knowledge.
     """
     setup_logging(verbose)
