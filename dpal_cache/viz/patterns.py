@@ -293,12 +293,17 @@ def _fmt(x: float | None) -> str:
 # figures
 
 
+def _tile_size(H: int, W: int) -> tuple[int, int]:
+    """(height, width) an H x W image is shown at: an integer enlargement to about TILE_HEIGHT rows."""
+    tile_h = max(1, round(TILE_HEIGHT / H)) * H
+    return tile_h, round(W * tile_h / H)
+
+
 def _patterns_figure(src: StoreImages, idx: np.ndarray, views: torch.Tensor, t_rgb, s_rgb, t_mask, s_mask,
                      student: str, explained: dict[str, np.ndarray], threshold: float) -> Image.Image:
     h, w = src.view_grid
     H, W = views.shape[-2:]
-    tile_h = max(1, round(TILE_HEIGHT / H)) * H
-    tile_w = round(W * tile_h / H)
+    tile_h, tile_w = _tile_size(H, W)
     rows, titles = [], []
     for k, i in enumerate(idx):
         rows.append([
@@ -325,8 +330,7 @@ def _crowds_figure(src: StoreImages, idx: np.ndarray, crowds: torch.Tensor, reci
                    t_rgb, s_rgb, student: str, explained: dict[str, np.ndarray]) -> Image.Image:
     h, w = src.crowd_grid
     H, W = crowds.shape[-2:]
-    tile_h = max(1, round(TILE_HEIGHT / H)) * H
-    tile_w = round(W * tile_h / H)
+    tile_h, tile_w = _tile_size(H, W)
     rows, titles = [], []
     for k, i in enumerate(idx):
         rows.append([draw.upscale(_pil(crowds[k]), tile_h),
