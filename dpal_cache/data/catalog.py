@@ -63,6 +63,7 @@ class Catalog:
 
     def __init__(self, source: ImageSource, manifest: pa.Table, decode: DecodeConfig = DecodeConfig(),
                  check_hash: bool = True):
+        source = source_as_scanned(source, manifest)  # a file deleted since the scan keeps its index
         if manifest.num_rows != len(source):
             raise ValueError(
                 f"manifest has {manifest.num_rows} rows but the source has {len(source)} images: "

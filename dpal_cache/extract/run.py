@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader
 
 from dpal_cache import __version__
 from dpal_cache.config import differences, to_dict
-from dpal_cache.data.catalog import Catalog, source_as_scanned
+from dpal_cache.data.catalog import Catalog
 from dpal_cache.data.manifest import manifest_fingerprint
 from dpal_cache.data.sources import FolderSource, ImageSource
 from dpal_cache.extract.calibrate import Calibration, fit_calibration
@@ -172,7 +172,7 @@ class ExtractSession:
         from dpal_cache.teachers import load_teacher
 
         self.cfg = cfg
-        self.source = source = source_as_scanned(source, manifest)  # a file deleted since the scan keeps its index
+        self.source = source
         self.manifest = manifest
         self.device = resolve_device(cfg.device)
         if teacher is None:

@@ -305,9 +305,18 @@ def read_store_manifest(group, source=None):
 
 
 def check_store_source(manifest, source) -> None:
-    """Raise StoreError when ``source`` names other images (keys or order) than the store's ``manifest``."""
-    from dpal_cache.data.manifest import manifest_metadata
+    """Raise StoreError when ``source`` names other images (keys or order) than the store's ``manifest``.
 
+    A folder is compared as the Catalog will read it: listed as scanned (a deleted file keeps its index).
+    """
+    from dpal_cache.data.catalog import source_as_scanned
+    from dpal_cache.data.manifest import manifest_metadata
+    from dpal_cache.data.sources import SourceError
+
+    try:
+        source = source_as_scanned(source, manifest)
+    except SourceError as exc:
+        raise StoreError(str(exc)) from None
     stored = manifest_metadata(manifest).get("source_fingerprint")
     if stored is not None and stored != source.fingerprint():
         raise StoreError(f"the images given ({source.describe()}) are not the ones the store was extracted from "

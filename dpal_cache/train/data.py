@@ -28,7 +28,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from dpal_cache.config import from_dict
-from dpal_cache.data.catalog import Catalog, ImageUnavailable, source_as_scanned
+from dpal_cache.data.catalog import Catalog, ImageUnavailable
 from dpal_cache.data.decode import DecodeConfig
 from dpal_cache.data.sources import FolderSource, ImageSource, SourceError
 from dpal_cache.extract.compute import decode_map, decode_tokens
@@ -191,9 +191,7 @@ class StoreDataset(Dataset):
             )
         self.relation_array = relation_array
         try:
-            manifest = store_io.read_store_manifest(group)
-            source = source_as_scanned(source, manifest)  # a file deleted since the scan keeps its index
-            store_io.check_store_source(manifest, source)
+            manifest = store_io.read_store_manifest(group, source)
         except (store_io.StoreError, SourceError) as exc:
             raise StoreMismatch(f"{url}: {exc}") from None
         decode = from_dict(DecodeConfig, meta["extract_config"]["decode"])
