@@ -50,7 +50,7 @@ timeout 270 "$DPAL" bench "${COMMON[@]}" --images 512 --repeats 2 --steps 20 --w
   2>&1 | tee "$OUT/bench_gpu.log" || echo "part 1 failed or ran out of time (see $OUT/bench_gpu.log)"
 
 # 2) scaling at the sizes: extract and train one epoch of 1k and 4k images, each in its own process
-timeout 200 "$DPAL" bench "${COMMON[@]}" --calibration-images 256 --scaling-sizes 1024,4096 \
+timeout 200 "$DPAL" bench "${COMMON[@]}" --images 64 --calibration-images 256 --scaling-sizes 1024,4096 \
   --scaling-teacher random:vit_base --scaling-shard-images 256 --scaling-workers "$W" --only scaling --workdir "$OUT/work" \
   --out "$OUT/bench_gpu_scaling.json" 2>&1 | tee "$OUT/bench_gpu_scaling.log" \
   || echo "part 2 failed or ran out of time (see $OUT/bench_gpu_scaling.log)"

@@ -70,7 +70,8 @@ class BenchSettings:
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.images < self.batch_size:
-            raise ValueError(f"need images >= batch_size >= 1, got images {self.images}, batch {self.batch_size}")
+            raise ValueError(f"need images >= batch_size >= 1, got images {self.images}, batch {self.batch_size} "
+                             "(raise --images)")
         if self.steps < 1 or self.warmup_steps < 1 or self.repeats < 1:
             raise ValueError("steps, warmup_steps and repeats must be >= 1")
         if any(n < self.batch_size for n in self.scaling_sizes):
@@ -251,15 +252,16 @@ class BenchContext:
     @functools.cached_property
     def data(self) -> tuple[Path, Path]:
         """(image folder, manifest path) of the benchmark's images."""
-        return make_dataset(self.workdir / "data", self.settings.images, self.settings.seed)
+        s = self.settings  # one folder per size and seed: a reused --workdir never measures other images
+        return make_dataset(self.workdir / f"data_{s.images}_seed{s.seed}", s.images, s.seed)
 
-    @property
+    @functools.cached_property
     def source(self):
         from dpal_cache.data.sources import open_source
 
         return open_source(self.data[0])
 
-    @property
+    @functools.cached_property
     def manifest(self):
         from dpal_cache.data.manifest import read_manifest
 
@@ -291,12 +293,16 @@ class BenchContext:
         layout = self.session.layout
         return block_batches(layout, list(range(layout.n_shards)), self.settings.batch_size)
 
-    @functools.cached_property
-    def rendered(self) -> list[dict[str, Any]]:
-        """Extract's collated teacher batches (uint8 views and crowds), rendered here in order."""
+    def render(self) -> list[dict[str, Any]]:
+        """Extract's collated teacher batches (uint8 views and crowds), rendered here in order (each call anew)."""
         from dpal_cache.extract.items import collate
 
         return [collate([self.session.dataset[i] for i in batch]) for batch in self.batch_indices]
+
+    @functools.cached_property
+    def rendered(self) -> list[dict[str, Any]]:
+        """``render()``, once."""
+        return self.render()
 
     def set_teacher_outputs(self, outputs: list[dict[str, np.ndarray]]) -> None:
         self._outputs = outputs

@@ -17,7 +17,7 @@ import typer
 from rich.table import Table
 
 from dpal_cache.cli import app
-from dpal_cache.cli.common import console, fail, setup_logging
+from dpal_cache.cli.common import console, fail, parse_size, setup_logging
 
 
 def _ints(text: str, what: str) -> tuple[int, ...]:
@@ -25,16 +25,6 @@ def _ints(text: str, what: str) -> tuple[int, ...]:
         return tuple(int(x) for x in text.split(",") if x.strip())
     except ValueError:
         raise fail(f"{what}: expected comma-separated integers, got {text!r}") from None
-
-
-def _size(text: str | None, what: str) -> tuple[int, int] | None:
-    if text is None:
-        return None
-    try:
-        h, w = (int(x) for x in text.lower().split("x"))
-    except ValueError:
-        raise fail(f"{what}: expected HxW (e.g. 256x128), got {text!r}") from None
-    return h, w
 
 
 def _fmt(value: Any, digits: int = 3) -> str:
@@ -171,13 +161,13 @@ def bench_command(
     bad = [s for s in sections if s not in SECTIONS]
     if bad:
         raise fail(f"--only: unknown benchmark(s) {', '.join(bad)}; known: {', '.join(SECTIONS)}")
-    views = ViewsConfig()
-    sizes = {"global_view": _size(view_size, "--view-size"), "crowd": _size(crowd_size, "--crowd-size"),
-             "local_crops": _size(local_size, "--local-size")}
-    for key, size in sizes.items():
-        if size is not None:
-            views = dataclasses.replace(views, **{key: dataclasses.replace(getattr(views, key), size=size)})
+    sizes = {"global_view": parse_size(view_size, "--view-size"), "crowd": parse_size(crowd_size, "--crowd-size"),
+             "local_crops": parse_size(local_size, "--local-size")}
     try:
+        views = ViewsConfig()
+        for key, size in sizes.items():
+            if size is not None:
+                views = dataclasses.replace(views, **{key: dataclasses.replace(getattr(views, key), size=size)})
         settings = BenchSettings(
             device=device, teacher=teacher, student=student, batch_size=batch_size, images=images, repeats=repeats,
             steps=steps, warmup_steps=warmup_steps, train_workers=workers, extract_workers=extract_workers,

@@ -44,6 +44,19 @@ def fail(message: str, code: int = 2) -> typer.Exit:
     return typer.Exit(code)
 
 
+def parse_size(text: str | None, option: str) -> tuple[int, int] | None:
+    """``--opt 256x128`` -> (256, 128); None stays None; anything else exits with code 2."""
+    if text is None:
+        return None
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise fail(f"{option} takes HEIGHTxWIDTH, e.g. 256x128; got {text!r}") from None
+    if h <= 0 or w <= 0:
+        raise fail(f"{option} must be positive, got {text!r}")
+    return h, w
+
+
 def resolve_config(cls: type[T], config: Path | None, sets: list[str] | None, **options: Any) -> T:
     """Build a stage config from YAML + --set + explicit options; config errors exit with code 2."""
     try:

@@ -21,7 +21,7 @@ import typer
 from rich.table import Table
 
 from dpal_cache.cli import app
-from dpal_cache.cli.common import console, fail, progress_bar, setup_logging
+from dpal_cache.cli.common import console, fail, parse_size, progress_bar, setup_logging
 
 HELP = "Quick frozen-backbone probes: reid, attributes, parsing (student vs teacher with --teacher)."
 eval_app = typer.Typer(help=HELP, no_args_is_help=True, add_completion=False)
@@ -46,30 +46,17 @@ COUNTS = {
 }
 
 
-def _size(text: str | None, option: str) -> tuple[int, int] | None:
-    """``256x128`` -> (256, 128)."""
-    if text is None:
-        return None
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise fail(f"{option} takes HEIGHTxWIDTH, e.g. 256x128; got {text!r}") from None
-    if h <= 0 or w <= 0:
-        raise fail(f"{option} must be positive, got {text!r}")
-    return h, w
-
-
 def _models(model: str, teacher: str | None, checkpoint: Path | None, pos_embed: str, img_size: str | None,
             teacher_size: str | None, seed: int, batch_size: int, device: str):
     """The student (or untrained baseline) extractor and, with --teacher, the teacher's."""
     from dpal_cache.eval.features import open_model, teacher_extractor
 
     try:
-        student = open_model(model, img_size=_size(img_size, "--img-size"), seed=seed, device=device,
+        student = open_model(model, img_size=parse_size(img_size, "--img-size"), seed=seed, device=device,
                              batch_size=batch_size)
         if teacher is None:
             return student, None
-        size = _size(teacher_size, "--teacher-size") or student.img_size
+        size = parse_size(teacher_size, "--teacher-size") or student.img_size
         return student, teacher_extractor(teacher, checkpoint, img_size=size, pos_embed=pos_embed, seed=seed,
                                           device=device, batch_size=batch_size)
     except (FileNotFoundError, ValueError, RuntimeError) as exc:
