@@ -193,9 +193,8 @@ class ExtractSession:
         if not overwrite:
             try:
                 group = store_io.open_store(out, mode="r+", storage_options=storage_options)
-            except store_io.StoreError as exc:
-                if "no feature store" not in str(exc):
-                    raise
+            except store_io.StoreMissing:
+                pass
         if group is None:
             group = store_io.create_store(out, self.layout, self.attrs, storage_options,
                                           files={"manifest.parquet": _manifest_bytes(self.manifest)})

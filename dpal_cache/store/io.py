@@ -40,6 +40,10 @@ class StoreError(Exception):
     """A store is missing, of another format, or does not match what is asked of it."""
 
 
+class StoreMissing(StoreError):
+    """No store at the path yet (or only one whose creation was interrupted): extract creates it."""
+
+
 class StoreWriteError(StoreError):
     """A write into the store failed (disk full, permissions, storage errors); re-running resumes."""
 
@@ -135,10 +139,10 @@ def open_store(url: str, mode: str = "r", storage_options: dict | None = None):
     try:
         group = zarr.open_group(url, mode=mode, **_options(storage_options))
     except (FileNotFoundError, zarr.errors.GroupNotFoundError) as exc:
-        raise StoreError(f"no feature store at {url} ({exc})") from None
+        raise StoreMissing(f"no feature store at {url} ({exc})") from None
     meta = group.attrs.get(ATTRS_KEY)
     if not isinstance(meta, dict) and group.attrs.get(CREATING_KEY):
-        raise StoreError(f"no feature store at {url} yet: its creation was interrupted before any data was written")
+        raise StoreMissing(f"no feature store at {url} yet: its creation was interrupted before any data was written")
     if not isinstance(meta, dict):
         raise StoreError(f"{url} is a Zarr group but not a dpal-cache store (no '{ATTRS_KEY}' attributes)")
     version = meta.get("format_version")
@@ -189,8 +193,9 @@ def layout_problems(group, layout: StoreLayout) -> list[str]:
     present: dict[str, set[int]] = {}  # array -> indices along axis 0 of its stored chunks / shards
     for key in keys:
         name, sep, rest = key.partition("/c/")
-        if sep:
-            present.setdefault(name, set()).add(int(rest.split("/")[0]))
+        head = rest.split("/")[0]
+        if sep and head.isdigit():  # chunk keys only (not a stray c/.DS_Store)
+            present.setdefault(name, set()).add(int(head))
     problems = []
     specs = layout.arrays()
     for name, spec in specs.items():

@@ -1,4 +1,4 @@
-"""One writer per store: an exclusive ``flock`` on ``STORE.lock`` next to a local store.
+"""One writer per store: an exclusive ``flock`` on ``<store>.lock`` (e.g. ``feats.zarr.lock``) next to a local store.
 
 Two ``extract`` runs writing one store would rewrite each other's shards (a shard is rewritten
 whole on every write) and interleave attribute updates. The extract coordinator (a single
