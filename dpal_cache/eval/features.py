@@ -217,9 +217,7 @@ def load_student_backbone(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     Returns:
         The timm backbone (``num_classes=0``, eval mode) and the JSON as a dict.
     """
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
+    from dpal_cache.teachers.checkpoint import CorruptCheckpointError, safetensors_load
     from dpal_cache.train.checkpoint import load_weights
 
     path = Path(path)
@@ -228,11 +226,13 @@ def load_student_backbone(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     meta = _student_config(path)
     model = _create_backbone(meta)
     try:
-        weights = load_file(str(path))
-    except SafetensorError as exc:
-        raise ValueError(f"{path} is not a readable safetensors file (truncated or corrupt: {exc}): "
+        weights = safetensors_load(path)
+    except CorruptCheckpointError as exc:
+        raise ValueError(f"{path} is not a readable safetensors file (truncated or corrupt: {exc.detail}): "
                          "export it again with `dpal-cache export`") from None
-    load_weights(model, weights, path)
+    hint = (f"{path.name} does not fit {path.with_suffix('.json').name}: export the run again with "
+            "`dpal-cache export` (it writes both), or pass the matching --model")
+    load_weights(model, weights, path, hint=hint)
     return model.eval(), meta
 
 

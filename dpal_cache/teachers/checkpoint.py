@@ -44,6 +44,25 @@ class CheckpointError(RuntimeError):
     """A teacher checkpoint is missing, unreadable, unsafe, or does not fit the teacher."""
 
 
+class UnsafeCheckpointError(CheckpointError):
+    """A pickle that needs code outside the weights-only allow-list; it was refused without running it.
+
+    ``names``: the globals it references (empty when the file cannot be scanned, e.g. a legacy pickle).
+    """
+
+    def __init__(self, message: str, names: list[str] | tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.names = tuple(names)
+
+
+class CorruptCheckpointError(CheckpointError):
+    """A weight file that cannot be read (truncated or corrupt); ``detail`` is the reader's own error."""
+
+    def __init__(self, message: str, detail: str = "") -> None:
+        super().__init__(message)
+        self.detail = detail
+
+
 def cache_root() -> Path:
     """``$DPAL_CACHE_HOME`` or ``~/.cache/dpal-cache``."""
     env = os.environ.get(CACHE_ENV)
@@ -112,31 +131,43 @@ def _unsafe_globals(path: Path) -> list[str]:
         return []
 
 
-def _torch_load(path: Path) -> Any:
+def safe_torch_load(path: str | Path, map_location: str | torch.device = "cpu") -> Any:
+    """``torch.load(path, weights_only=True)`` (plus numpy data reconstructors): never runs code from the file.
+
+    Raises:
+        UnsafeCheckpointError: the pickle needs arbitrary code; it was not executed.
+        CorruptCheckpointError: the file is truncated or corrupt.
+    """
+    path = Path(path)
     try:
         with torch.serialization.safe_globals(_numpy_data_globals()):
-            return torch.load(path, map_location="cpu", weights_only=True)
+            return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
         if "weights only" in str(exc).lower() or "weights_only" in str(exc).lower():
             names = _unsafe_globals(path)
             which = f" (it references {', '.join(names)})" if names else ""
-            raise CheckpointError(
+            raise UnsafeCheckpointError(
                 f"refused to load {path} for safety: the file is a pickle that needs arbitrary code to load{which}. "
                 "Only plain tensors and containers are accepted; it was not executed. Re-save the weights as a plain "
-                "state dict (torch.save(model.state_dict(), ...)) or as .safetensors."
+                "state dict (torch.save(model.state_dict(), ...)) or as .safetensors.",
+                names,
             ) from None
-        raise CheckpointError(f"cannot read checkpoint {path}: the file is corrupt or truncated ({exc})") from None
+        raise CorruptCheckpointError(f"cannot read checkpoint {path}: the file is corrupt or truncated ({exc})",
+                                     str(exc)) from None
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, KeyError, IndexError) as exc:
-        raise CheckpointError(f"cannot read checkpoint {path}: the file is corrupt or truncated ({exc})") from None
+        raise CorruptCheckpointError(f"cannot read checkpoint {path}: the file is corrupt or truncated ({exc})",
+                                     str(exc)) from None
 
 
-def _safetensors_load(path: Path) -> dict[str, torch.Tensor]:
+def safetensors_load(path: str | Path) -> dict[str, torch.Tensor]:
+    """A ``.safetensors`` file on the CPU; a :class:`CorruptCheckpointError` when it is not a valid one."""
     from safetensors.torch import load_file
 
     try:
         return load_file(str(path), device="cpu")
     except Exception as exc:  # SafetensorError and friends
-        raise CheckpointError(f"cannot read checkpoint {path}: not a valid safetensors file ({exc})") from None
+        raise CorruptCheckpointError(f"cannot read checkpoint {path}: not a valid safetensors file ({exc})",
+                                     str(exc)) from None
 
 
 def unwrap_container(obj: Any, source: str = "checkpoint") -> dict[str, torch.Tensor]:
@@ -163,11 +194,11 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     if path.suffix == ".safetensors":
-        obj: Any = _safetensors_load(path)
+        obj: Any = safetensors_load(path)
     else:
         if path.suffix not in TORCH_SUFFIXES:
             log.info("reading %s as a torch file (suffix %r)", path, path.suffix)
-        obj = _torch_load(path)
+        obj = safe_torch_load(path)
     weights = unwrap_container(obj, source=str(path))
     log.info("read %d tensors from %s", len(weights), path)
     return weights

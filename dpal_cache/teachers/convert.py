@@ -43,6 +43,7 @@ import torch.nn as nn
 from dpal_cache.teachers.checkpoint import CheckpointError
 from dpal_cache.teachers.posembed import infer_grid
 from dpal_cache.teachers.registry import TeacherSpec
+from dpal_cache.weights import state_dict_differences
 
 log = logging.getLogger(__name__)
 
@@ -70,12 +71,6 @@ class LoadReport:
     layout: str  # "timm", "path-raw" or "mmpretrain"
     grid: tuple[int, int]
     dropped: tuple[str, ...]
-
-
-def _listing(title: str, items: list[str]) -> str:
-    shown = ", ".join(items[:MAX_LISTED])
-    more = f", ... and {len(items) - MAX_LISTED} more" if len(items) > MAX_LISTED else ""
-    return f"\n  {title} ({len(items)}): {shown}{more}"
 
 
 def _strip_containers(weights: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
@@ -179,27 +174,20 @@ def load_backbone(
     """Convert ``weights`` and load them into the timm ``model`` strictly (``assign=True``: build it on meta).
 
     Raises:
-        CheckpointError: listing missing keys, unexpected keys and shape mismatches.
+        CheckpointError: listing missing keys, unexpected keys and other shapes.
     """
     sd, layout, dropped = convert_keys(weights)
     grid = _fit_pos_embed(sd, model, spec, dropped)
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    missing = sorted(set(expected) - set(sd))
-    unexpected = sorted(set(sd) - set(expected))
-    mismatched = []
-    for key in sorted(set(expected) & set(sd)):
-        got, want = tuple(sd[key].shape), expected[key]
-        if key == "pos_embed" and grid is not None and len(got) == 3 and got[2] == want[2]:
-            continue  # any grid is fine; it is resampled per input
-        if got != want:
-            mismatched.append(f"{key}: checkpoint {got} vs teacher {want}")
-    if missing or unexpected or mismatched:
+    got = {k: tuple(v.shape) for k, v in sd.items()}
+    pos, want_pos = got.get("pos_embed"), expected.get("pos_embed")
+    if grid is not None and pos and want_pos and len(pos) == 3 and pos[2] == want_pos[2]:
+        got["pos_embed"] = want_pos  # any grid is fine; it is resampled per input
+    if parts := state_dict_differences(expected, got, limit=MAX_LISTED):
         where = f" ({source})" if source else ""
         raise CheckpointError(
             f"checkpoint{where} does not fit teacher {spec.name} (expected layout {spec.layout}, read as {layout})"
-            + (_listing("missing keys", missing) if missing else "")
-            + (_listing("unexpected keys", unexpected) if unexpected else "")
-            + (_listing("shape mismatches", mismatched) if mismatched else "")
+            + "".join(f"\n  {part}" for part in parts)
         )
     if grid is None:  # a model without a position table cannot be a teacher here; registry refuses those
         raise CheckpointError(f"checkpoint for {spec.name} has no usable pos_embed")

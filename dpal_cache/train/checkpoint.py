@@ -16,6 +16,9 @@ from typing import Any
 
 import torch
 
+from dpal_cache.teachers.checkpoint import CorruptCheckpointError, UnsafeCheckpointError, safe_torch_load
+from dpal_cache.weights import state_dict_differences
+
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     """Write ``state`` to ``path`` atomically (fsync'd temp file in the same folder, then rename)."""
@@ -34,30 +37,28 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:
-        if "weights only load failed" in str(exc).lower():
-            try:
-                names = ", ".join(torch.serialization.get_unsafe_globals_in_checkpoint(str(path)))
-            except Exception:  # legacy (non-zip) pickles cannot be scanned
-                names = ""
-            raise ValueError(f"{path} was refused: it holds pickled objects that could run code when loaded"
-                             f"{f' (it references {names})' if names else ''}; it was not executed. Only tensors "
-                             "and plain data are read: use a checkpoint written by `dpal-cache train`") from None
-        raise ValueError(f"{path} is not a readable dpal-cache checkpoint (truncated or corrupt: {exc}); "
+        return safe_torch_load(path, map_location=map_location)
+    except UnsafeCheckpointError as exc:
+        names = f" (it references {', '.join(exc.names)})" if exc.names else ""
+        raise ValueError(f"{path} was refused: it holds pickled objects that could run code when loaded{names}; "
+                         "it was not executed. Only tensors and plain data are read: use a checkpoint written by "
+                         "`dpal-cache train`") from None
+    except CorruptCheckpointError as exc:
+        raise ValueError(f"{path} is not a readable dpal-cache checkpoint (truncated or corrupt: {exc.detail}); "
                          "restore it, or start a new run") from None
 
 
-def load_weights(module: torch.nn.Module, weights: dict[str, Any], path: Path) -> None:
-    """``module.load_state_dict(weights)`` strictly; a ValueError listing the differing keys when they disagree."""
+RESUME_HINT = "Resume with the run's own config and checkpoint, or start a new run"
+
+
+def load_weights(module: torch.nn.Module, weights: dict[str, Any], path: Path, hint: str = RESUME_HINT) -> None:
+    """``module.load_state_dict(weights)`` strictly; a ValueError listing the differing keys when they disagree.
+
+    ``hint`` ends that error: what to do instead (the default suits resuming a training run).
+    """
     want = {k: tuple(v.shape) for k, v in module.state_dict().items()}
     got = {k: tuple(v.shape) for k, v in weights.items()}
-    missing, extra = sorted(set(want) - set(got)), sorted(set(got) - set(want))
-    shapes = [f"{k} {got[k]} (model: {want[k]})" for k in sorted(set(want) & set(got)) if want[k] != got[k]]
-    if missing or extra or shapes:
-        parts = [f"{what} ({len(keys)}): {', '.join(keys[:6])}{' ...' if len(keys) > 6 else ''}"
-                 for what, keys in (("missing keys", missing), ("unexpected keys", extra), ("other shapes", shapes))
-                 if keys]
-        raise ValueError(f"{path} holds weights of another architecture than this run's model: "
-                         + "; ".join(parts) + ". Resume with the run's own config and checkpoint, or start a new run")
+    if parts := state_dict_differences(want, got):
+        raise ValueError(f"{path} holds weights of another architecture than the model they are loaded into: "
+                         + "; ".join(parts) + f". {hint}")
     module.load_state_dict(weights, strict=True)

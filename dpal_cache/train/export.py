@@ -30,6 +30,7 @@ from safetensors.torch import save_file
 from dpal_cache import __version__
 from dpal_cache.train.checkpoint import load_checkpoint
 from dpal_cache.train.model import IMAGENET_MEAN, IMAGENET_STD
+from dpal_cache.weights import state_dict_differences
 
 FORMAT = "dpal-cache-student/1"
 
@@ -54,11 +55,8 @@ def _check_against_timm(weights: dict[str, torch.Tensor], timm_name: str, timm_k
         ref = timm.create_model(timm_name, pretrained=False, **timm_kwargs)
     want = {k: tuple(v.shape) for k, v in ref.state_dict().items()}
     got = {k: tuple(v.shape) for k, v in weights.items()}
-    if want != got:
-        missing, extra = sorted(set(want) - set(got)), sorted(set(got) - set(want))
-        shapes = sorted(k for k in set(want) & set(got) if want[k] != got[k])
-        raise ValueError(f"the student's weights do not match timm's {timm_name}: missing {missing[:5]}, "
-                         f"unexpected {extra[:5]}, other shapes {shapes[:5]}")
+    if parts := state_dict_differences(want, got, limit=5):
+        raise ValueError(f"the student's weights do not match timm's {timm_name}: " + "; ".join(parts))
 
 
 def _write_atomic(path: Path, write) -> None:
