@@ -97,7 +97,10 @@ def extract_command(
     """Run the frozen teacher over every image's views and crowd images; write a sharded Zarr store.
 
     Re-running the same command resumes from the first unfinished block. A store made with a
-    different config, teacher or manifest is refused (use --overwrite or a new --out).
+    different config, teacher or manifest is refused (use --overwrite or a new --out), and so is a
+    store another extract is writing (OUT.lock beside it). Exit codes: 0 done (images that are not
+    cached are listed by reason and kept in the store's failures/), 2 refused or stopped (disk full:
+    free space and re-run the same command).
     """
     setup_logging(verbose)
     if scheduler is not None and dask_workers is not None:

@@ -176,5 +176,5 @@ def test_wrong_images_fail_clearly(tiny, tmp_path):
     other = tmp_path / "other"
     other.mkdir()
     Image.new("RGB", (32, 64)).save(other / "x.jpg")
-    with pytest.raises(PatternError, match="not the ones"):
+    with pytest.raises(PatternError, match="none of the .* scanned images"):
         pattern_report(url, other, "random:vit_tiny_patch16", tmp_path / "out")
