@@ -45,7 +45,7 @@ def source_as_scanned(source: ImageSource, manifest: pa.Table) -> ImageSource:
     keys = manifest.column("key").to_pylist()
     if not isinstance(source, FolderSource):
         return source
-    current = {_utf8(source.key(i)): source.key(i) for i in range(len(source))}
+    current = {_utf8(key): key for key in (source.key(i) for i in range(len(source)))}
     if list(current) == keys:
         return source
     gone = sum(k not in current for k in keys)
@@ -55,7 +55,7 @@ def source_as_scanned(source: ImageSource, manifest: pa.Table) -> ImageSource:
     new = len(current) - (len(keys) - gone)
     log.warning("%s changed since the scan: %d scanned file(s) are gone (they are recorded as missing), %d new "
                 "file(s) are left out (re-run scan to include them)", source.root, gone, new)
-    return FolderSource.with_keys(source.root, [current.get(k, k) for k in keys])
+    return FolderSource.with_keys(source.root, [current.get(k, k) for k in keys], source.extensions)
 
 
 class Catalog:

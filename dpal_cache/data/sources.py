@@ -145,11 +145,12 @@ class FolderSource(_KeyedFiles):
         self.extensions = exts
 
     @classmethod
-    def with_keys(cls, root: str | Path, keys: list[str]) -> FolderSource:
+    def with_keys(cls, root: str | Path, keys: list[str],
+                  extensions: tuple[str, ...] = IMAGE_EXTENSIONS) -> FolderSource:
         """The folder's images named by ``keys`` (relative paths), without listing it: files may be missing."""
-        source = cls.__new__(cls)
+        source = cls.__new__(cls)  # skips the listing of __init__
         _KeyedFiles.__init__(source, Path(root), keys)
-        source.extensions = IMAGE_EXTENSIONS
+        source.extensions = tuple(e.lower() for e in extensions)
         return source
 
     def describe(self) -> dict[str, Any]:

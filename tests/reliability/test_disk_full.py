@@ -5,6 +5,7 @@ same command on a healthy disk resumes and gives the bitwise-identical store."""
 from __future__ import annotations
 
 import errno
+import json
 import os
 
 import pytest
@@ -15,7 +16,7 @@ from zarr.storage import LocalStore, WrapperStore
 from dpal_cache.data.manifest import read_manifest
 from dpal_cache.data.sources import open_source
 from dpal_cache.extract.run import extract
-from dpal_cache.store.io import StoreWriteError
+from dpal_cache.store.io import CREATING_KEY, StoreWriteError
 
 
 class FullDisk(WrapperStore):
@@ -50,6 +51,15 @@ def test_a_disk_that_fills_up_stops_with_a_clear_error_and_resumes(reference, to
     budget = int(at * total_writes) - 1
     with pytest.raises(StoreWriteError, match=r"No space left on device.*re-run the same command"):
         extract(reference.config, *_inputs(reference), FullDisk(LocalStore(out), budget))
+    attrs = json.loads((out / "zarr.json").read_text()).get("attributes", {})
+    if at == 0.1:  # the write failed while the store was being created
+        assert attrs.get(CREATING_KEY) is True
+    else:
+        done = zarr.open_group(str(out), mode="r", use_consolidated=False)["shards/done"][:]
+        if at == 0.5:  # ... while blocks were being written
+            assert 0 < done.sum() < len(done) and CREATING_KEY not in attrs
+        else:  # ... in the last write: the consolidated metadata
+            assert done.all() and "consolidated_metadata" not in json.loads((out / "zarr.json").read_text())
     summary = extract(reference.config, *_inputs(reference), str(out))
     assert summary.blocks_done_before + summary.blocks_written == 5
     same_store(reference.store, out)
