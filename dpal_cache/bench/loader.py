@@ -32,6 +32,7 @@ from dpal_cache.train.data import StoreDataset, sample_keys
 
 log = logging.getLogger(__name__)
 
+# the target arrays of the attention relation (the one the bench trains with)
 TARGET_ARRAYS = ("views/tokens", "views/attn_cls", "views/mask_score", "crowds/attn")
 
 
@@ -67,7 +68,7 @@ class MemmapStoreDataset(StoreDataset):
         if self._maps is None or self._maps_pid != os.getpid():
             self._maps = {name: np.load(path, mmap_mode="r") for name, path in self.memmap_paths.items()}
             self._maps_pid = os.getpid()
-        return {name: np.stack([self._maps[name][r] for r in rs]) for name, rs in rows.items()}
+        return {name: self._maps[name][np.asarray(rs, dtype=np.int64)] for name, rs in rows.items()}  # one gather
 
 
 class TargetsOnly(Dataset):
