@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dpal_cache.config import dump_yaml, load_config, to_dict
+from dpal_cache.config import load_config, to_dict
 from dpal_cache.demo_teacher import DemoTeacherConfig
 
 log = logging.getLogger(__name__)
@@ -223,7 +223,6 @@ def run_demo(out_dir: str | Path, seed: int = 0, progress: Progress = _noop,
 
     extract(extract_cfg, source, read_manifest(manifest), str(store), teacher=teacher, overwrite=True,
             progress=extract_step)
-    dump_yaml(extract_cfg, store / "extract.yaml")
     files["store"] = str(store)
     done("extract")
 

@@ -13,7 +13,6 @@ from rich.table import Table
 
 from dpal_cache.cli import app
 from dpal_cache.cli.common import CONFIG_HELP, SET_HELP, console, fail, progress_bar, resolve_config, setup_logging
-from dpal_cache.config import dump_yaml
 from dpal_cache.data.manifest import ScanConfig, read_manifest, scan
 from dpal_cache.data.sources import SourceError, open_source
 from dpal_cache.extract.config import ExtractConfig
@@ -160,8 +159,6 @@ def extract_command(
                 summary = extract(cfg, source, table, out, teacher=model, overwrite=overwrite, progress=advance)
         except StoreError as exc:
             raise fail(str(exc)) from None
-    if "://" not in out:
-        dump_yaml(cfg, Path(out) / "extract.yaml")
     t = Table(title=f"extract: {out}", show_header=False)
     t.add_row("blocks", f"{summary.blocks_written} written now, {summary.blocks_done_before} before, "
               f"{summary.blocks_total} in all")

@@ -25,6 +25,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
+import yaml
 from torch.utils.data import DataLoader
 
 from dpal_cache import __version__
@@ -202,6 +203,9 @@ class ExtractSession:
             check_resumable(store_io.store_meta(group), self.attrs)
             store_io.remove_partial_files(out)  # the caller holds the writer lock
             log.info("resuming %s", out)
+        # the resolved config of this run, readable next to the arrays (any store: local or remote)
+        store_io.put_bytes(group, "extract.yaml",
+                           yaml.safe_dump(self.attrs["extract_config"], sort_keys=False).encode())
         return group
 
     def calibrate(self, workers: int = 0) -> Calibration:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import yaml
 import zarr
 
 from dpal_cache.data.catalog import Catalog
@@ -101,7 +102,14 @@ def test_memory_url_store(loaded, small_config):
     source, manifest = loaded
     summary = extract(small_config(), source, manifest, "memory://dpal-test-store")
     assert summary.ok == len(source)
-    assert open_store("memory://dpal-test-store")["shards/done"][:].all()
+    group = open_store("memory://dpal-test-store")
+    assert group["shards/done"][:].all()
+    # the resolved config travels with the store, remote stores too
+    from dpal_cache.config import from_dict
+    from dpal_cache.extract.config import ExtractConfig
+    from dpal_cache.store.io import get_bytes
+
+    assert from_dict(ExtractConfig, yaml.safe_load(get_bytes(group, "extract.yaml"))) == small_config()
 
 
 def test_corrupt_and_changed_images_are_recorded_not_fatal(tmp_path, dataset, small_config):
