@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from dpal_cache.numerics import one_blas_thread
 from dpal_cache.store.quant import fit_int8_scales
 
 
@@ -48,8 +49,16 @@ def centre_mask(grid: tuple[int, int]) -> np.ndarray:
 
 
 def fit_calibration(tokens: np.ndarray, grid: tuple[int, int], images: int) -> Calibration:
-    """Fit on ``tokens`` (N, 1 + L, D): class token first, then the L = h*w patch tokens."""
-    tokens = np.asarray(tokens, dtype=np.float32)
+    """Fit on ``tokens`` (N, 1 + L, D): class token first, then the L = h*w patch tokens.
+
+    The linear algebra runs on one BLAS thread: the fit is stored, and must have the same bits in the
+    main process and in a dask worker (dpal_cache/numerics.py).
+    """
+    with one_blas_thread():
+        return _fit(np.asarray(tokens, dtype=np.float32), grid, images)
+
+
+def _fit(tokens: np.ndarray, grid: tuple[int, int], images: int) -> Calibration:
     patches = tokens[:, 1:].astype(np.float64)  # (N, L, D)
     n, length, dim = patches.shape
     flat = patches.reshape(-1, dim)
@@ -78,6 +87,7 @@ def fit_calibration(tokens: np.ndarray, grid: tuple[int, int], images: int) -> C
 
 
 def mask_score(patches: np.ndarray, calib: Calibration) -> np.ndarray:
-    """(..., L, D) patch tokens -> (..., L) float32 person score in [0, 1]."""
-    proj = (np.asarray(patches, dtype=np.float32) - calib.mean) @ calib.component
+    """(..., L, D) patch tokens -> (..., L) float32 person score in [0, 1] (one BLAS thread, as the fit)."""
+    with one_blas_thread():
+        proj = (np.asarray(patches, dtype=np.float32) - calib.mean) @ calib.component
     return np.clip((proj - calib.low) / (calib.high - calib.low), 0.0, 1.0).astype(np.float32)

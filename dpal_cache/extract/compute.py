@@ -4,6 +4,7 @@
     out = step(batch)                             # float32 numpy teacher outputs of the ok images
     block = BlockBuffer(layout, block_id, cfg)    # zero rows of every per-image array
     block.add(batch, out, calib)                  # encode (fp16/int8/log8) and place by image index
+    rows = encode_outputs(out, calib, layout)     # the same encoding, by array name, without a block
 """
 
 from __future__ import annotations
@@ -83,6 +84,27 @@ def decode_tokens(stored: np.ndarray, scales: np.ndarray) -> np.ndarray:
     return np.concatenate([decode_int8(stored[:, :1], scales[0]), decode_int8(stored[:, 1:], scales[1])], axis=1)
 
 
+def encode_outputs(out: dict[str, np.ndarray], calib: Calibration, layout: StoreLayout,
+                   mask_at_extract: float | None = None) -> dict[str, np.ndarray]:
+    """``TeacherStep`` outputs -> their stored rows by array name, at the layout's precisions: tokens
+    (background patches zeroed with ``mask_at_extract``), class attention, mask score, and the crowd
+    maps present in ``out``. Extraction and online mode both encode with this."""
+    encoded = {}
+    if "tokens" in out:
+        tokens = out["tokens"]
+        score = mask_score(tokens[:, 1:], calib)  # (rows, L)
+        if mask_at_extract is not None:
+            tokens = tokens.copy()
+            tokens[:, 1:] *= (score > mask_at_extract)[..., None]
+        encoded["views/tokens"] = encode_tokens(tokens, layout.token_precision, calib.token_scales)
+        encoded["views/attn_cls"] = encode_map(out["attn_cls"], layout.map_precision)
+        encoded["views/mask_score"] = score.astype(np.float16)
+    for key, name in (("crowd_attn", "crowds/attn"), ("crowd_gram", "crowds/gram")):
+        if key in out:
+            encoded[name] = encode_map(out[key], layout.map_precision)
+    return encoded
+
+
 def measure_precision(layout: StoreLayout, scales: np.ndarray, tokens: np.ndarray, maps: dict[str, np.ndarray]
                       ) -> dict[str, float]:
     """Error of the store's codecs on float32 teacher outputs (the calibration pass's): relative L2
@@ -135,16 +157,6 @@ class BlockBuffer:
                 -1, batch["recipes"].shape[-1]
             )
         if ok.any():
-            tokens = out["tokens"]
-            score = mask_score(tokens[:, 1:], calib)  # (n_ok * V, L)
-            if self.mask_at_extract is not None:
-                tokens = tokens.copy()
-                tokens[:, 1:] *= (score > self.mask_at_extract)[..., None]
-            self.arrays["views/tokens"][rows_v] = encode_tokens(tokens, lay.token_precision, calib.token_scales)
-            self.arrays["views/attn_cls"][rows_v] = encode_map(out["attn_cls"], lay.map_precision)
-            self.arrays["views/mask_score"][rows_v] = score.astype(np.float16)
-            if c:
-                self.arrays["crowds/attn"][rows_c] = encode_map(out["crowd_attn"], lay.map_precision)
-                if lay.gram:
-                    self.arrays["crowds/gram"][rows_c] = encode_map(out["crowd_gram"], lay.map_precision)
+            for name, value in encode_outputs(out, calib, lay, self.mask_at_extract).items():
+                self.arrays[name][rows_v if name.startswith("views/") else rows_c] = value
         self.filled += len(local)

@@ -3,11 +3,15 @@
 It is the baseline the cache is measured against, and its parity check. Targets are computed
 with extraction's own code: an ``ExtractSession`` builds the teacher, catalog and layout and
 fits the calibration exactly as ``extract`` does (same images, same batches), ``TeacherStep``
-runs the teacher, and a one-block ``BlockBuffer`` encodes its outputs at the store's precision
+runs the teacher, and extraction's ``encode_outputs`` encodes its outputs at the store's precision
 before ``decode_targets`` decodes them as ``StoreDataset`` does. Samples pick the same view and
 crowd per epoch as ``StoreDataset`` (``epoch_choice``) and render them from (seed, index) as
-extraction does. On CPU, targets therefore equal the cached ones bit for bit, and a few training
-steps give the same losses (tests/train/test_online.py).
+extraction does. What that guarantees (docs/reliability.md, tests/train/test_online.py): on the
+machine that made the store, a teacher forward over the same stack of views as an extraction batch
+gives the cached rows bit for bit; a training batch stacks other images, and CPU kernels may round
+a float32 sum differently for another batch shape, so there the stored values agree to one unit of
+the store's precision (``store.quant.units_apart``), and a few training steps give the same losses
+to 1e-6.
 
 Data workers render uint8 views (no teacher in them); the teacher runs in the training process,
 on the training device, inside ``prepare`` after the batch has been moved there. Its outputs
@@ -34,7 +38,7 @@ from torch.utils.data import Dataset
 from dpal_cache.config import dump_yaml, from_dict, load_yaml, to_dict
 from dpal_cache.data.sources import ImageSource
 from dpal_cache.extract.calibrate import Calibration
-from dpal_cache.extract.compute import BlockBuffer, TeacherStep
+from dpal_cache.extract.compute import TeacherStep, encode_outputs
 from dpal_cache.extract.config import ExtractConfig
 from dpal_cache.extract.run import ExtractSession, resolve_device, store_identity
 from dpal_cache.store.layout import STATUS_OK
@@ -130,25 +134,24 @@ class TeacherTargets:
         self.step = session.step
         if self.step.gram != gram:
             self.step = TeacherStep(session.teacher, session.device, amp=session.cfg.amp, gram=gram)
-        # one block of one view and one crowd per sample: extraction's encoder, on this batch
-        self.layout = dataclasses.replace(session.layout, views_per_image=1, crowds_per_image=1, gram=gram)
+        self.layout = session.layout
         self.calib = calib
         self.mask_at_extract = session.cfg.mask_at_extract
         self.relation_array = RELATION_ARRAYS[relation]
 
+    def encode(self, views: torch.Tensor, crowds: torch.Tensor) -> dict[str, np.ndarray]:
+        """Stored rows (store arrays by name, the store's dtypes) of uint8 ``views`` (Bv, 3, H, W) and
+        ``crowds`` (Bc, 3, Hc, Wc): each stack is one teacher forward, as one image's views and crowds
+        are in extraction, encoded by extraction's own ``encode_outputs``."""
+        status = np.full(1, STATUS_OK, dtype=np.uint8)
+        out = self.step({"status": status, "views": views[None], "crowds": crowds[None]})  # float32 numpy
+        return encode_outputs(out, self.calib, self.layout, self.mask_at_extract)
+
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         views, crowds = batch["global_view"], batch["crowd"]  # (B, 3, H, W), (B, 3, Hc, Wc) uint8 on the device
-        b = views.shape[0]
-        if b == 0:
+        if views.shape[0] == 0:
             raise StoreMismatch("every image of a batch changed since the scan: restore them or re-run scan")
-        status = np.full(b, STATUS_OK, dtype=np.uint8)
-        out = self.step({"status": status, "views": views[:, None], "crowds": crowds[:, None]})  # float32 numpy
-        layout = dataclasses.replace(self.layout, n_images=b, shard_images=b)
-        block = BlockBuffer(layout, 0, self.mask_at_extract)
-        block.add({"index": np.arange(b), "status": status, "reason": [""] * b,
-                   "params": np.zeros((b, 1, layout.param_len)), "recipes": np.zeros((b, 1, layout.recipe_len))},
-                  out, self.calib)
-        targets = decode_targets(block.arrays, self.calib.token_scales, self.relation_array)
+        targets = decode_targets(self.encode(views, crowds), self.calib.token_scales, self.relation_array)
         return {**batch, **{k: v.to(views.device, non_blocking=True) for k, v in targets.items()}}
 
 

@@ -17,6 +17,8 @@ from dpal_cache.extract.run import extract
 SCRIPT = textwrap.dedent(
     """
     import sys, time
+    import torch
+    torch.set_num_threads(1)  # as in the test process that makes the clean store (tests/conftest.py)
     sys.path.insert(0, {tests!r})
     from conftest import _small_config
     from dpal_cache.data.manifest import read_manifest

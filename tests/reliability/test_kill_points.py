@@ -26,6 +26,8 @@ CHILD = textwrap.dedent(
     """
     import os, pickle, signal
     from pathlib import Path
+    import torch
+    torch.set_num_threads(1)  # as in the test process that made the reference (tests/conftest.py)
     import zarr.storage._local as local
     from dpal_cache.data.manifest import read_manifest
     from dpal_cache.data.sources import open_source

@@ -14,6 +14,7 @@ from dpal_cache.store.quant import (
     int8_scales,
     kl_per_row,
     relative_l2,
+    units_apart,
 )
 
 
@@ -63,3 +64,18 @@ def test_error_measures():
     assert kl_per_row(a, np.array([[0.25, 0.75]])) == pytest.approx(0.5 * np.log(2) + 0.5 * np.log(0.5 / 0.75))
     assert relative_l2(np.array([3.0, 4.0]), np.array([3.0, 4.0])) == 0.0
     assert relative_l2(np.array([3.0, 4.0]), np.zeros(2)) == pytest.approx(1.0)
+
+
+def test_units_apart_counts_codes_and_fp16_steps_with_a_row_floor():
+    codes = np.array([[0, 5, 255]], dtype=np.uint8)
+    assert units_apart(codes, np.array([[1, 5, 253]], dtype=np.uint8)).tolist() == [[1, 0, 2]]
+    q = np.array([-127, 3], dtype=np.int8)
+    assert units_apart(q, q + np.int8(1)).tolist() == [1, 1]
+    row = np.array([2.0, 0.75, 1e-4], dtype=np.float16)  # largest 2.0: floor 2**-5, spacing there 2**-15
+    up = np.nextafter(row, np.float16(np.inf))
+    assert units_apart(row, up).tolist()[:2] == [1.0, 1.0]  # one fp16 step of a value above the floor
+    near_zero = units_apart(row, np.array([2.0, 0.75, 1e-4 + 2**-15], dtype=np.float16))[2]
+    assert 0.9 < near_zero <= 1.0  # below the floor, a unit is the spacing at the floor, not at 1e-4
+    assert units_apart(row, row).max() == 0
+    with pytest.raises(ValueError, match="cannot compare"):
+        units_apart(row, row.astype(np.float32))

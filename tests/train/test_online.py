@@ -1,4 +1,5 @@
-"""Online mode against the cache: same samples, same targets bit for bit on CPU, same losses.
+"""Online mode against the cache: the same samples, the same targets as far as docs/reliability.md promises
+(bit for bit for an extraction batch, one unit of the store precision for any other batch), the same losses.
 
 The reference is a store of the shared tiny data set (conftest.py) read by StoreDataset; online
 mode runs with the ExtractConfig that store was made with (its ``extract_config`` attribute).
@@ -8,16 +9,20 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import pytest
 import torch
+import zarr
 
 from dpal_cache.config import from_dict
 from dpal_cache.data.manifest import read_manifest
 from dpal_cache.data.sources import open_source
 from dpal_cache.extract.config import ExtractConfig
+from dpal_cache.extract.items import collate
 from dpal_cache.extract.run import ExtractSession
 from dpal_cache.store import io as store_io
-from dpal_cache.train.data import StoreDataset, StoreMismatch
+from dpal_cache.store.quant import relative_l2, units_apart
+from dpal_cache.train.data import StoreDataset, StoreMismatch, sample_keys
 from dpal_cache.train.loop import LOSS_KEYS, train
 from dpal_cache.train.online import OnlineDataset, TeacherTargets, train_online
 
@@ -44,27 +49,68 @@ def make(make_store):
     return get
 
 
-@pytest.mark.parametrize("precision,relation", [("fp16", "attention"), ("int8", "attention"), ("int8", "gram")])
-def test_online_batches_equal_cached_batches_bitwise(make, precision, relation):
+def _online(make, precision: str, relation: str = "attention"):
     store, cfg, source, manifest = make(precision)
     cached = StoreDataset(store.url, source, relation=relation)
     session = ExtractSession(cfg, source, manifest)
     calib = session.calibrate()
-    online = OnlineDataset(session, calib)
-    prepare = TeacherTargets(session, calib, relation)
+    return store, cached, session, OnlineDataset(session, calib), TeacherTargets(session, calib, relation)
+
+
+def _stored(store, name: str, rows) -> np.ndarray:
+    return zarr.open_group(store.url, mode="r")[name][...][np.asarray(rows)]
+
+
+@pytest.mark.parametrize("precision", ["fp16", "int8"])
+def test_online_inputs_equal_cached_inputs_bitwise(make, precision):
+    _, cached, session, online, _ = _online(make, precision)
     assert len(online) == len(cached)
     assert (online.token_stats == cached.token_stats).all()
     assert online.meta["teacher"] == cached.meta["teacher"] and online.layout == cached.layout
     for keys in KEYS:
-        want = cached.__getitems__(keys)
-        got = online.__getitems__(keys)
+        want, got = cached.__getitems__(keys), online.__getitems__(keys)
         assert not any(k in got for k in TARGETS)  # data workers render; the teacher runs in prepare
-        got = prepare(got)
-        assert set(got) == set(want)
-        for key in INPUTS + TARGETS:
-            assert got[key].dtype == want[key].dtype, key
-            assert torch.equal(got[key], want[key]), f"{key} differs for keys {keys}"
+        for key in INPUTS:  # rendering on one machine is bitwise: same parameters, same pixels
+            assert got[key].dtype == want[key].dtype and torch.equal(got[key], want[key]), f"{key}, keys {keys}"
     assert not any(p.requires_grad for p in session.teacher.parameters())
+
+
+@pytest.mark.parametrize("precision", ["fp16", "int8"])
+def test_online_targets_of_an_extraction_batch_equal_the_stored_rows_bitwise(make, precision):
+    # the guarantee without conditions on the CPU: the same stack of views through the teacher gives the same bits
+    store, _, session, _, prepare = _online(make, precision, "gram")
+    lay = session.layout
+    for block in range(lay.n_shards):
+        images = lay.shard_images_range(block)
+        batch = collate([session.dataset[i] for i in images])  # what extraction stacked for this block
+        got = prepare.encode(batch["views"].flatten(0, 1), batch["crowds"].flatten(0, 1))
+        view_rows = range(images.start * lay.views_per_image, images.stop * lay.views_per_image)
+        crowd_rows = range(images.start * lay.crowds_per_image, images.stop * lay.crowds_per_image)
+        for name, value in got.items():
+            want = _stored(store, name, view_rows if name.startswith("views/") else crowd_rows)
+            assert value.dtype == want.dtype and value.tobytes() == want.tobytes(), f"{name}, block {block}"
+        assert set(got) == {"views/tokens", "views/attn_cls", "views/mask_score", "crowds/attn", "crowds/gram"}
+
+
+@pytest.mark.parametrize("precision,relation", [("fp16", "attention"), ("int8", "attention"), ("int8", "gram")])
+def test_online_targets_of_other_batches_are_within_one_stored_unit(make, precision, relation):
+    # a training batch stacks other images than extraction did: some CPUs' kernels round differently for another
+    # batch shape (an Intel Xeon changed one fp16 token by one step), so one unit of the precision is the promise
+    store, cached, _, online, prepare = _online(make, precision, relation)
+    for keys in KEYS:
+        batch = online.__getitems__(keys)
+        got = prepare.encode(batch["global_view"], batch["crowd"])
+        images, epochs = sample_keys(keys, cached.images)
+        view_rows, crowd_rows = cached.target_rows(images, epochs)
+        for name, value in got.items():
+            want = _stored(store, name, view_rows if name.startswith("views/") else crowd_rows)
+            assert value.dtype == want.dtype and value.shape == want.shape, name
+            assert units_apart(value, want).max() <= 1, f"{name} differs by more than one unit for keys {keys}"
+        targets = prepare(batch)  # the decoded batch has the cached batch's entries, dtypes and shapes
+        want = cached.__getitems__(keys)
+        assert set(targets) == set(want)
+        for key in TARGETS:
+            assert targets[key].dtype == want[key].dtype and targets[key].shape == want[key].shape, key
 
 
 def test_online_training_matches_cached_losses(make, tmp_path, train_config, read_metrics):
@@ -80,7 +126,9 @@ def test_online_training_matches_cached_losses(make, tmp_path, train_config, rea
             assert abs(a[key] - b[key]) <= 1e-6, (key, a, b)
     assert want[-1]["loss"] < want[0]["loss"]  # the steps did train
     state, ref = (torch.load(tmp_path / run / "last.pt", weights_only=True) for run in ("online", "cached"))
-    assert all(torch.equal(state["model"][k], ref["model"][k]) for k in ref["model"])  # same weights after 4 steps
+    # the same weights after 4 steps: bitwise where every target is (on many CPUs), else to float noise
+    flat = [torch.cat([sd["model"][k].double().flatten() for k in sorted(ref["model"])]) for sd in (ref, state)]
+    assert relative_l2(flat[0].numpy(), flat[1].numpy()) <= 1e-6
     assert state["store"]["url"] == "online:random:vit_tiny"
     assert (tmp_path / "online" / "extract.yaml").is_file()
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -54,6 +57,28 @@ def test_thread_count_does_not_change_pixels():
     finally:
         torch.set_num_threads(before)
     assert all(torch.equal(a, b) for a, b in zip(one, two))
+
+
+def test_other_cpu_kernels_change_a_view_by_at_most_one_grey_level():
+    # bit for bit holds on one machine; another CPU's vectorised kernels round some sums differently.
+    # ATEN_CPU_CAPABILITY=default (no SIMD kernels) stands in for another CPU on this one.
+    cfg = GlobalViewConfig(blur_p=1.0, jitter_p=1.0)
+    here = torch.stack([render_view(IMG, global_view_params(cfg, 0, 1, v, IMG.shape[:2])) for v in range(8)])
+    script = ("import sys, torch; torch.set_num_threads(1)\n"
+              "sys.path.insert(0, sys.argv[1]); from test_render import IMG\n"
+              "from dpal_cache.views.config import GlobalViewConfig\n"
+              "from dpal_cache.views.params import global_view_params\n"
+              "from dpal_cache.views.render import render_view\n"
+              "cfg = GlobalViewConfig(blur_p=1.0, jitter_p=1.0)\n"
+              "x = torch.stack([render_view(IMG, global_view_params(cfg, 0, 1, v, IMG.shape[:2])) for v in range(8)])\n"
+              "sys.stdout.buffer.write(x.numpy().tobytes())\n")
+    env = {**os.environ, "ATEN_CPU_CAPABILITY": "default"}
+    proc = subprocess.run([sys.executable, "-c", script, os.path.dirname(__file__)], env=env, capture_output=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+    there = torch.from_numpy(np.frombuffer(proc.stdout, dtype=np.uint8).reshape(here.shape).copy())
+    diff = (here.int() - there.int()).abs()
+    assert diff.max() <= 1 and (diff == 0).float().mean() >= 0.999
 
 
 def test_crop_and_resize():
