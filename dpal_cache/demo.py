@@ -24,6 +24,7 @@ from typing import Any
 
 from dpal_cache.config import load_config, to_dict
 from dpal_cache.demo_teacher import DemoTeacherConfig
+from dpal_cache.outputs import check_output_folder
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +125,17 @@ def write_report(path: Path, result: dict[str, Any]) -> Path:
     return path
 
 
+# everything run_demo writes into its folder (temp files of its writers included)
+DEMO_ENTRIES = ("synth", "manifest.parquet", "demo_teacher.safetensors", "feats.zarr", "feats.zarr.lock", "run",
+                "student.safetensors", "student.json", "reid_*.json", "patterns", "patterns_untrained", "curves.png",
+                "report.md", "demo.json", "*.partial", ".*.tmp-*")
+
+
+def check_demo_folder(out: Path) -> None:
+    """A re-run replaces the demo's own entries: refuse (OutputRefused) a folder that holds anything else."""
+    check_output_folder(out, "the output of an earlier `dpal-cache demo`", DEMO_ENTRIES, "choose a new or empty --out")
+
+
 def run_demo(out_dir: str | Path, seed: int = 0, progress: Progress = _noop,
              cfg: DemoConfig = DemoConfig()) -> dict[str, Any]:
     """Run every stage into ``out_dir`` (replaced stage by stage) and return paths, timings and metrics.
@@ -156,6 +168,7 @@ def run_demo(out_dir: str | Path, seed: int = 0, progress: Progress = _noop,
     from dpal_cache.viz.patterns import pattern_report
 
     out = Path(out_dir)
+    check_demo_folder(out)
     out.mkdir(parents=True, exist_ok=True)
     files: dict[str, str] = {}
     seconds: dict[str, float] = {}

@@ -12,6 +12,23 @@ import torch
 torch.set_num_threads(1)
 
 
+def _make_lmdb(db_dir: Path, items: dict[bytes, bytes]) -> Path:
+    import lmdb
+
+    db_dir.mkdir(parents=True, exist_ok=True)
+    with lmdb.open(str(db_dir), map_size=1 << 24) as env, env.begin(write=True) as txn:
+        for key, value in items.items():
+            txn.put(key, value)
+    return db_dir
+
+
+@pytest.fixture()
+def make_lmdb():
+    """``make_lmdb(folder, {key_bytes: value_bytes}) -> folder``: a LUPerson-style LMDB (values raw image bytes)."""
+    pytest.importorskip("lmdb")
+    return _make_lmdb
+
+
 @pytest.fixture(scope="module")
 def market(tmp_path_factory) -> Path:
     """A tiny synthetic Market-1501 folder (6 ids x 4 images of 64x32, 2 distractors, masks, attributes)."""

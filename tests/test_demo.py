@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from dpal_cache.demo import STAGES, DemoConfig, run_demo
+from dpal_cache.demo import DEMO_ENTRIES, STAGES, DemoConfig, run_demo
 from dpal_cache.demo_teacher import DemoTeacherConfig
+from dpal_cache.outputs import OutputRefused, matches
 
 TINY = DemoConfig(ids=6, images_per_id=4, crowd_backgrounds=2, distractors=2,
                   teacher=DemoTeacherConfig(steps=3, batch_size=4),
@@ -74,3 +75,15 @@ def test_verdict_needs_higher_map_and_no_lower_rank():
     assert not beats({**base, "mAP": 0.12, "rank1": 0.025}, base)  # a lower rank loses
     assert "does NOT beat" in verdict_line(base, base)
     assert "mAP 12.00 vs 7.00" in verdict_line({**base, "mAP": 0.12}, base)
+
+
+def test_a_rerun_may_replace_the_demo_folder_but_no_other(demo, tmp_path):
+    result, _ = demo
+    out = Path(result["out_dir"])
+    assert matches(DEMO_ENTRIES)(out), sorted(p.name for p in out.iterdir())  # every entry it wrote is its own
+    other = tmp_path / "precious"
+    (other / "sub").mkdir(parents=True)
+    (other / "notes.txt").write_text("important")
+    with pytest.raises(OutputRefused, match="notes.txt"):
+        run_demo(other, cfg=TINY)
+    assert sorted(p.name for p in other.iterdir()) == ["notes.txt", "sub"]

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from dpal_cache.outputs import check_output_folder
 from dpal_cache.views.config import ViewsConfig
 
 log = logging.getLogger(__name__)
@@ -238,12 +239,22 @@ def run_isolated(fn: Callable, *args: Any, isolate: bool = True, **kwargs: Any) 
     return result, {**usage, "isolated": True}
 
 
+# everything the suite writes into its workdir (one data folder per size and seed, one folder per section)
+BENCH_ENTRIES = ("data_*", "extraction", "loader", "scaling", "store", "training")
+
+
+def check_workdir(workdir: Path) -> None:
+    """A reused workdir is written into again: refuse (OutputRefused) one that holds anything else."""
+    check_output_folder(workdir, "a dpal-cache bench workdir", BENCH_ENTRIES, "choose a new or empty --workdir")
+
+
 class BenchContext:
     """Data, teacher session, rendered batches, teacher outputs and a store, built once per suite run."""
 
     def __init__(self, settings: BenchSettings, workdir: Path):
         self.settings = settings
         self.workdir = Path(workdir)
+        check_workdir(self.workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.device = torch.device(settings.device)
         self._outputs: list[dict[str, np.ndarray]] | None = None

@@ -16,6 +16,8 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # click's plain help: paragraphs reflow to any width (80 columns, pipes, CI logs) and no word is cut
+    rich_markup_mode=None,
 )
 
 

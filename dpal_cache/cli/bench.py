@@ -138,8 +138,9 @@ def bench_command(
     local_size: str | None = typer.Option(None, "--local-size", help="Local crop HxW (default 128x96)."),
     only: str | None = typer.Option(None, "--only", help="Comma-separated subset of training, extraction, store, "
                                     "loader, scaling."),
-    workdir: Path | None = typer.Option(None, "--workdir", help="Where data, stores and runs go (default: a "
-                                        "temporary folder, removed at the end)."),
+    workdir: Path | None = typer.Option(None, "--workdir", help="Where data, stores and runs go: new, empty or "
+                                        "an earlier bench's, reused (default: a temporary folder, removed at the "
+                                        "end)."),
     no_isolate: bool = typer.Option(False, "--no-isolate", help="Run the scaling stages in this process (faster; "
                                     "peak memory is then not per stage)."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
@@ -148,7 +149,7 @@ def bench_command(
     extract vs the bare teacher, store size and error per precision, loader throughput, scaling.
 
     Ratios are measured within one run (shared machines are noisy); absolute times only mean
-    something on a quiet machine. The targets of issue #7 are judged at the end.
+    something on a quiet machine. The targets of docs/benchmarks.md are judged at the end.
     """
     import dataclasses
 
@@ -177,9 +178,14 @@ def bench_command(
             scaling_workers=scaling_workers, isolate=not no_isolate,
             views=views,
         )
+        from dpal_cache.bench.common import check_workdir
         from dpal_cache.extract.run import resolve_device
 
         resolve_device(device)
+        if workdir is not None:
+            check_workdir(workdir)  # OutputRefused is a ValueError
+        if out.is_dir():
+            raise ValueError(f"--out {out} is a folder: name the JSON file to write")
     except (ValueError, RuntimeError) as exc:
         raise fail(str(exc)) from None
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -44,6 +44,14 @@ def fail(message: str, code: int = 2) -> typer.Exit:
     return typer.Exit(code)
 
 
+def output_file(value: Path | None) -> Path | None:
+    """Callback of options that name a file to write (``--json``...): a folder is refused before any work runs.
+    An existing file is replaced."""
+    if value is not None and value.is_dir():
+        raise typer.BadParameter(f"{value} is a folder: name the file to write")
+    return value
+
+
 def parse_size(text: str | None, option: str) -> tuple[int, int] | None:
     """``--opt 256x128`` -> (256, 128); None stays None; anything else exits with code 2."""
     if text is None:

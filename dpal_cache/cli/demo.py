@@ -16,7 +16,7 @@ import typer
 from rich.table import Table
 
 from dpal_cache.cli import app
-from dpal_cache.cli.common import console, progress_bar, setup_logging
+from dpal_cache.cli.common import console, fail, progress_bar, setup_logging
 
 DEFAULT_OUT = Path("runs/demo")
 
@@ -48,7 +48,8 @@ def _reid_table(result: dict) -> Table:
 
 @app.command("demo")
 def demo_command(
-    out: Annotated[Path, typer.Option("--out", help="Folder for everything the demo writes.")] = DEFAULT_OUT,
+    out: Annotated[Path, typer.Option("--out", help="Folder for everything the demo writes: new, empty or an "
+                                      "earlier demo's (replaced).")] = DEFAULT_OUT,
     seed: int = typer.Option(0, "--seed", help="Seed of synth, teacher pretraining, views and student init."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
 ) -> None:
@@ -58,8 +59,13 @@ def demo_command(
     with real signal, not PATH-B): it shows the mechanics, not PATH-B's knowledge.
     """
     setup_logging(verbose)
-    from dpal_cache.demo import STAGES, run_demo
+    from dpal_cache.demo import STAGES, check_demo_folder, run_demo
+    from dpal_cache.outputs import OutputRefused
 
+    try:  # before the progress bars: a refused folder is one error line
+        check_demo_folder(out)
+    except OutputRefused as exc:
+        raise fail(str(exc)) from None
     with progress_bar() as bar:
         tasks = {s: bar.add_task(STAGE_HELP.get(s, s), total=None, rate="", start=False) for s in STAGES}
 

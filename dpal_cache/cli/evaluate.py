@@ -21,7 +21,7 @@ import typer
 from rich.table import Table
 
 from dpal_cache.cli import app
-from dpal_cache.cli.common import console, fail, parse_size, progress_bar, setup_logging
+from dpal_cache.cli.common import console, fail, output_file, parse_size, progress_bar, setup_logging
 
 HELP = "Quick frozen-backbone probes: reid, attributes, parsing (student vs teacher with --teacher)."
 eval_app = typer.Typer(help=HELP, no_args_is_help=True, add_completion=False)
@@ -49,8 +49,10 @@ COUNTS = {
 def _models(model: str, teacher: str | None, checkpoint: Path | None, pos_embed: str, img_size: str | None,
             teacher_size: str | None, seed: int, batch_size: int, device: str):
     """The student (or untrained baseline) extractor and, with --teacher, the teacher's."""
-    from dpal_cache.eval.features import open_model, teacher_extractor
+    from dpal_cache.eval.features import RANDOM_PREFIX, open_model, teacher_extractor
 
+    if img_size is not None and not model.startswith(RANDOM_PREFIX):
+        console.print("[dim]--img-size applies to random: models; an exported student runs at its trained size[/]")
     try:
         student = open_model(model, img_size=parse_size(img_size, "--img-size"), seed=seed, device=device,
                              batch_size=batch_size)
@@ -135,7 +137,8 @@ TeacherSizeOpt = typer.Option(None, "--teacher-size", help="HxW the teacher sees
 SeedOpt = typer.Option(0, "--seed", help="Seed of random: models (and of the parsing probe's pixel sample).")
 BatchOpt = typer.Option(64, "--batch-size", min=1, help="Images per forward.")
 DeviceOpt = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N.")
-JsonOpt = typer.Option(None, "--json", help="Write the result (fractions) as JSON here.")
+JsonOpt = typer.Option(None, "--json", callback=output_file, help="Write the result (fractions) as JSON to this "
+                       "file (replaced if it exists).")
 VerboseOpt = typer.Option(False, "--verbose", "-v", help="Debug logging.")
 
 
@@ -148,7 +151,8 @@ def reid_command(
     pos_embed: str = PosEmbedOpt,
     img_size: str | None = ImgSizeOpt,
     teacher_size: str | None = TeacherSizeOpt,
-    save_features: Path | None = typer.Option(None, "--save-features", help="Write query/gallery features, ids, "
+    save_features: Path | None = typer.Option(None, "--save-features", callback=output_file, help="Write "
+                                              "query/gallery features, ids, "
                                               "cameras and names (.npz; the teacher's to <name>.teacher.npz)."),
     seed: int = SeedOpt,
     batch_size: int = BatchOpt,

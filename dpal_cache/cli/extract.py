@@ -14,8 +14,9 @@ from rich.table import Table
 from dpal_cache.cli import app
 from dpal_cache.cli.common import CONFIG_HELP, SET_HELP, console, fail, progress_bar, resolve_config, setup_logging
 from dpal_cache.data.manifest import ScanConfig, read_manifest, scan
-from dpal_cache.data.sources import SourceError, open_source
+from dpal_cache.data.sources import SourceError, data_folder, open_source
 from dpal_cache.extract.config import ExtractConfig
+from dpal_cache.views.config import ViewsConfig
 
 
 def _default_manifest(out: str) -> Path | None:
@@ -64,7 +65,7 @@ def _extract_on_cluster(scheduler: str | None, dask_workers: int | None, **kwarg
 def extract_command(
     data: Path = typer.Option(..., "--data", help="Images: folder, list file (.txt/.csv/.parquet) or LMDB folder."),
     out: str = typer.Option(..., "--out", help="Store to write: a local path or an fsspec URL (s3://, gs://...)."),
-    teacher: str | None = typer.Option(None, "--teacher", help="path-b, path-l, hap-b, sapiens-0.3b, "
+    teacher: str | None = typer.Option(None, "--teacher", help="Required: path-b, path-l, hap-b, sapiens-0.3b, "
                                        "timm:<model>, or random:<arch> (random weights: mechanics only)."),
     checkpoint: Path | None = typer.Option(None, "--checkpoint", help="Teacher weights file (.pth/.safetensors)."),
     manifest: Path | None = typer.Option(None, "--manifest", help="Manifest from `dpal-cache scan` "
@@ -73,15 +74,20 @@ def extract_command(
     views: int | None = typer.Option(None, "--views", help="Cached global views per image (default 2)."),
     crowds: int | None = typer.Option(None, "--crowds", help="Cached crowd images per image (default 1)."),
     precision: str | None = typer.Option(None, "--precision", help="Token precision: fp16 (default) or int8."),
-    map_precision: str | None = typer.Option(None, "--map-precision", help="Attention maps: fp16 or log8."),
+    map_precision: str | None = typer.Option(None, "--map-precision", help="Attention maps: fp16 (default) or log8 "
+                                             "(uint8 log codes, about 4x smaller)."),
     gram: bool | None = typer.Option(None, "--gram/--no-gram", help="Also store the release's gram relation."),
     mask_at_extract: float | None = typer.Option(None, "--mask-at-extract", help="Store tokens multiplied by "
                                                  "(mask score > THRESHOLD) instead of full tokens."),
-    batch_size: int | None = typer.Option(None, "--batch-size", help="Images per teacher batch."),
+    batch_size: int | None = typer.Option(None, "--batch-size", help="Images per teacher batch (default "
+                                          f"{ExtractConfig.batch_size}; each brings its views and crowds)."),
     device: str | None = typer.Option(None, "--device", help="auto, cpu, cuda or cuda:N."),
-    workers: int | None = typer.Option(None, "--workers", help="Decode/render workers (-1 = cores - 1)."),
-    seed: int | None = typer.Option(None, "--seed", help="Seed of every view and crowd recipe."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing store instead of resuming it."),
+    workers: int | None = typer.Option(None, "--workers", help="Decode/render worker processes (default "
+                                       f"{ExtractConfig.workers}: one per core minus one; 0 = in this process)."),
+    seed: int | None = typer.Option(None, "--seed", help=f"Seed of every view and crowd recipe (default "
+                                    f"{ViewsConfig.seed})."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing dpal-cache store instead of "
+                                   "resuming it (a folder holding anything else is never replaced)."),
     scheduler: str | None = typer.Option(None, "--scheduler", help="Run one task per block on the dask cluster "
                                          "at tcp://HOST:PORT (every worker must reach --data, --manifest, the "
                                          "checkpoint and --out; see pipelines/extract_multinode.sh)."),
@@ -97,9 +103,10 @@ def extract_command(
 
     Re-running the same command resumes from the first unfinished block. A store made with a
     different config, teacher or manifest is refused (use --overwrite or a new --out), and so is a
-    store another extract is writing (OUT.lock beside it). Exit codes: 0 done (images that are not
-    cached are listed by reason and kept in the store's failures/), 2 refused or stopped (disk full:
-    free space and re-run the same command).
+    store another extract is writing (OUT.lock beside it). OUT must be new, empty or a dpal-cache
+    store, and apart from the images' folder. Exit codes: 0 done (images that are not cached are
+    listed by reason and kept in the store's failures/), 2 refused or stopped (disk full: free space
+    and re-run the same command).
     """
     setup_logging(verbose)
     if scheduler is not None and dask_workers is not None:
@@ -112,16 +119,22 @@ def extract_command(
         **{k: v for k, v in {"views.views_per_image": views, "views.crowds_per_image": crowds,
                              "views.seed": seed}.items() if v is not None},
     )
-    from dpal_cache.extract.run import extract, make_layout
-    from dpal_cache.store.io import StoreError
+    if not cfg.teacher:
+        raise fail("pass --teacher: path-b, path-l, hap-b, sapiens-0.3b, timm:<model> with --checkpoint, or "
+                   "random:<arch> (random weights, for trying the mechanics)")
+    from dpal_cache.extract.run import check_store_apart, extract, make_layout
+    from dpal_cache.store.io import StoreError, check_store_location
     from dpal_cache.teachers import CheckpointError, load_teacher
 
     try:
+        # before anything is written (the default manifest lands beside OUT)
+        check_store_apart(out, data_folder(data))
+        check_store_location(out)
         source, table = _manifest_for(data, root, manifest, out)
         # on a cluster the workers load the teacher; the weights need not be readable here
         model = None if distributed and not dry_run else load_teacher(
             cfg.teacher, cfg.checkpoint, pos_embed=cfg.pos_embed, seed=cfg.teacher_seed)
-    except (SourceError, CheckpointError, FileNotFoundError, ValueError) as exc:
+    except (SourceError, StoreError, CheckpointError, FileNotFoundError, ValueError) as exc:
         raise fail(str(exc)) from None
     if dry_run:
         layout = make_layout(cfg, len(source), model)
@@ -157,7 +170,7 @@ def extract_command(
                                               overwrite=overwrite, progress=advance)
             else:
                 summary = extract(cfg, source, table, out, teacher=model, overwrite=overwrite, progress=advance)
-        except StoreError as exc:
+        except (StoreError, SourceError) as exc:
             raise fail(str(exc)) from None
     t = Table(title=f"extract: {out}", show_header=False)
     t.add_row("blocks", f"{summary.blocks_written} written now, {summary.blocks_done_before} before, "

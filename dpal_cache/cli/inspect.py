@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich import box
 from rich.table import Table
 
 from dpal_cache.cli import app
@@ -37,11 +38,15 @@ def _write_json(path: Path, payload: dict[str, Any]) -> None:
     console.print(f"wrote {path}")
 
 
+# tables of many columns: one space between columns and no frame, so they fit 80 columns (logs, pipes, CI)
+NARROW = {"box": box.SIMPLE_HEAD, "padding": (0, 1), "pad_edge": False, "show_edge": False}
+
+
 def _arrays_table(report: dict[str, Any]) -> Table:
-    table = Table(title=f"arrays: {report['url']}")
+    table = Table(title=f"arrays: {report['url']}", **NARROW)
     table.add_column("array", no_wrap=True)
-    for name in ("shape", "dtype", "chunk / shard", "on disk", "ratio"):
-        table.add_column(name, justify="left" if name == "dtype" else "right", no_wrap=name != "shape")
+    for name in ("shape", "dtype", "chunk / shard", "on disk", "ratio"):  # only "chunk / shard" wraps (at " / ")
+        table.add_column(name, justify="left" if name == "dtype" else "right", no_wrap=name != "chunk / shard")
     for a in report["arrays"]:
         ratio = a["compression_ratio"]
         layout = _shape(a["chunks"]) + ("" if a["shards"] is None else f" / {_shape(a['shards'])}")
@@ -113,10 +118,11 @@ def info_command(
 
 def _metrics_table(title: str, details: dict[str, Any]) -> Table:
     """One row per array: max abs difference, relative L2 (tokens) or KL per row (maps), worst store row."""
-    table = Table(title=title)
+    table = Table(title=title, caption="worst: the worst row's rel L2 (tokens) or KL (maps), at store row 'row'; "
+                  "same: values whose stored code equals the fresh one's", **NARROW)
     table.add_column("array", no_wrap=True)
-    for name in ("rows", "max abs", "rel L2", "KL/row", "worst row", "at row", "same codes"):
-        table.add_column(name, justify="right")
+    for name in ("rows", "max abs", "rel L2", "KL/row", "worst", "row", "same"):
+        table.add_column(name, justify="right", no_wrap=True)
     for key, s in details.items():
         if not isinstance(s, dict):
             continue

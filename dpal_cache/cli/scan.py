@@ -72,6 +72,8 @@ def scan_command(
         max_failed_fraction=max_failed_fraction,
         **({"decode.max_pixels": max_pixels} if max_pixels is not None else {}),
     )
+    if out.is_dir():
+        raise fail(f"{out} is a folder: --out names the manifest file to write (e.g. manifest.parquet)")
     if out.exists() and not overwrite:
         raise fail(f"{out} exists; pass --overwrite to replace it")
     try:

@@ -35,7 +35,9 @@ def _user_errors() -> tuple[type[Exception], ...]:
 
 def _summary_table(summary, run_dir: Path) -> Table:
     table = Table(title=f"train: {run_dir}", show_header=False, caption="losses: first -> last step of this run")
-    table.add_row("steps", f"{summary.steps:,} (epoch {summary.epochs_done:.2f})")
+    resumed = f", resumed at step {summary.step - summary.steps:,}" if summary.step != summary.steps else ""
+    table.add_row("steps", f"{summary.steps:,} in this run{resumed}: step {summary.step:,} of "
+                  f"{summary.total_steps:,} (epoch {summary.epochs_done:.2f})")
     table.add_row("time", f"{summary.seconds:.1f} s")
     first, last = summary.first, summary.last
     for key in ("loss", "global", "local", "relation", "router_ce", "expert_l2"):
@@ -84,8 +86,11 @@ def train_command(
     student: str | None = typer.Option(None, "--student", help="vit_tiny_patch16 (default), vit_small_patch16, "
                                        "swin_tiny, swin_small, or a timm ViT / Swin name."),
     decoder: str | None = typer.Option(None, "--decoder", help="Pattern decoder: dpade (default), linear, mae, moe."),
-    epochs: int | None = typer.Option(None, "--epochs", help="Epochs the schedule spans (default 100)."),
-    max_steps: int | None = typer.Option(None, "--max-steps", help="Stop after this many optimizer steps."),
+    epochs: int | None = typer.Option(None, "--epochs", help="Epochs the run trains, and the warmup + cosine "
+                                      "learning-rate schedule spans (default 100)."),
+    max_steps: int | None = typer.Option(None, "--max-steps", help="Stop after this many optimizer steps (a "
+                                         "time box: the warmup and the learning-rate schedule still span --epochs; "
+                                         "for a short complete run set --epochs instead). --resume goes on."),
     batch_size: int | None = typer.Option(None, "--batch-size", help="Samples per process and step (default 256)."),
     lr: float | None = typer.Option(None, "--lr", help="Base learning rate, scaled by global batch / 256."),
     workers: int | None = typer.Option(None, "--workers", help="DataLoader workers per process (default 4)."),

@@ -79,6 +79,17 @@ class ImageSource(ABC):
     def describe(self) -> dict[str, Any]:
         """JSON-safe description (kind, location, count) saved with manifests and stores."""
 
+    def __str__(self) -> str:
+        """For messages: ``the folder /data/imgs (1,200 images)``."""
+        d = self.describe()
+        where = d.get("root") if self.kind == "folder" else d.get("list_file") or d.get("db")
+        return f"the {self.kind} {where} ({len(self):,} images)"
+
+    def folder(self) -> Path | None:
+        """The one folder every image lies in (an output must never be inside it), or None where images may
+        be anywhere (a list file's absolute paths)."""
+        return None
+
     def _check_index(self, index: int) -> int:
         n = len(self)
         if not -n <= index < n:
@@ -155,6 +166,9 @@ class FolderSource(_KeyedFiles):
 
     def describe(self) -> dict[str, Any]:
         return {"kind": self.kind, "root": str(self.root.resolve()), "count": len(self)}
+
+    def folder(self) -> Path | None:
+        return self.root
 
 
 class ListSource(_KeyedFiles):
@@ -243,11 +257,11 @@ class LmdbSource(ImageSource):
         self.db_path = Path(db_path)
         if not (self.db_path / "data.mdb").is_file():
             raise SourceError(f"{self.db_path} is not an LMDB folder (no data.mdb)")
+        self._env = None
+        self._pid = -1
         self.keys_file = Path(keys_file) if keys_file is not None else self._find_keys_file()
         keys = self._load_keys_file(self.keys_file) if self.keys_file else self._scan_keys()
         self._keys = np.asarray(keys, dtype=np.bytes_) if keys else np.zeros(0, dtype="S1")
-        self._env = None
-        self._pid = -1
 
     def _find_keys_file(self) -> Path | None:
         for candidate in (self.db_path / "keys.pkl", self.db_path.parent / "keys.pkl"):
@@ -273,18 +287,13 @@ class LmdbSource(ImageSource):
         return keys
 
     def _open(self):
-        import lmdb
-
         if self._env is None or self._pid != os.getpid():
-            # one environment per process: LMDB handles must not cross fork()
-            self._env = lmdb.open(str(self.db_path), readonly=True, lock=False, readahead=False, meminit=False)
+            self._env = _lmdb_env(self.db_path)
             self._pid = os.getpid()
         return self._env
 
     def _scan_keys(self) -> list[bytes]:
-        import lmdb
-
-        with lmdb.open(str(self.db_path), readonly=True, lock=False, readahead=False) as env, env.begin() as txn:
+        with self._open().begin() as txn:
             return list(txn.cursor().iternext(keys=True, values=False))
 
     def __getstate__(self) -> dict[str, Any]:
@@ -302,6 +311,9 @@ class LmdbSource(ImageSource):
     def path(self, index: int) -> str:
         return f"{self.db_path}::{self.key(index)}"
 
+    def folder(self) -> Path | None:
+        return self.db_path
+
     def read(self, index: int) -> bytes:
         raw_key = bytes(self._keys[self._check_index(index)])
         with self._open().begin(buffers=False) as txn:
@@ -317,6 +329,34 @@ class LmdbSource(ImageSource):
             "keys_file": str(self.keys_file.resolve()) if self.keys_file else None,
             "count": len(self),
         }
+
+
+# LMDB path -> (pid, environment): py-lmdb refuses to open one database twice in a process, so every
+# LmdbSource of a process shares one environment, and a forked DataLoader worker replaces the one it
+# inherited (LMDB handles must not be used across fork(); closing the child's copy leaves the parent's intact)
+_ENVS: dict[str, tuple[int, Any]] = {}
+
+
+def _lmdb_env(db_path: Path):
+    import lmdb
+
+    key = os.path.realpath(db_path)
+    pid, env = _ENVS.get(key, (None, None))
+    if env is not None and pid == os.getpid():
+        return env
+    if env is not None:  # inherited through fork(): this process's copy of the parent's handle
+        env.close()
+    env = lmdb.open(key, readonly=True, lock=False, readahead=False, meminit=False)
+    _ENVS[key] = (os.getpid(), env)
+    return env
+
+
+def data_folder(data: str | Path) -> Path | None:
+    """The folder ``open_source(data)`` reads its images from (``ImageSource.folder``), without listing it."""
+    path = Path(data)
+    if path.is_file() and path.name == "data.mdb":
+        return path.parent
+    return path if path.is_dir() else None
 
 
 def open_source(data: str | Path, root: str | Path | None = None) -> ImageSource:

@@ -221,8 +221,16 @@ def load_student_backbone(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     from dpal_cache.train.checkpoint import load_weights
 
     path = Path(path)
+    export = "dpal-cache export RUN_DIR --out student.safetensors"
+    if path.is_dir():
+        what = "a training run" if (path / "last.pt").is_file() else "a folder"
+        raise FileNotFoundError(f"{path} is {what}, not an exported student: export it first ({export}) and pass "
+                                "the .safetensors file")
+    if path.suffix == ".pt":
+        raise FileNotFoundError(f"{path} is a training checkpoint, not an exported student: export its run first "
+                                f"({export}) and pass the .safetensors file")
     if not path.is_file():
-        raise FileNotFoundError(f"no student weights at {path}")
+        raise FileNotFoundError(f"no student weights at {path} (an exported student: {export})")
     meta = _student_config(path)
     model = _create_backbone(meta)
     try:
@@ -311,9 +319,7 @@ def open_model(model: str | Path, *, img_size: tuple[int, int] | None = None, se
             return student_extractor(rest, device=device, batch_size=batch_size, untrained=True, seed=seed)
         return random_student_extractor(rest, img_size or DEFAULT_IMG_SIZE, seed=seed, device=device,
                                         batch_size=batch_size)
-    if img_size is not None:
-        log.info("img_size is ignored for an exported student: it runs at the size it was trained at")
-    return student_extractor(text, device=device, batch_size=batch_size)
+    return student_extractor(text, device=device, batch_size=batch_size)  # at the size it was trained at
 
 
 # ---------------------------------------------------------------------------------------------

@@ -61,6 +61,8 @@ def find_pairs(data_dir: str | Path, masks_dir: str | Path, folders: tuple[str, 
     """(image, mask) pairs of the images under ``data_dir/<folder>`` that have a mask, sorted per folder."""
     data_dir, masks_dir = Path(data_dir), Path(masks_dir)
     pairs: list[tuple[Path, Path]] = []
+    if not data_dir.is_dir():
+        raise FileNotFoundError(f"{data_dir} does not exist (--data takes the folder holding {', '.join(folders)})")
     for folder in folders:
         if not (data_dir / folder).is_dir():
             raise FileNotFoundError(f"no image folder {data_dir / folder}")

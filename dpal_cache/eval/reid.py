@@ -69,8 +69,12 @@ def load_market_split(folder: str | Path) -> MarketSplit:
         FileNotFoundError: no such folder. ValueError: an image name that is not Market-1501's, or no images.
     """
     folder = Path(folder)
+    if not folder.parent.is_dir():
+        raise FileNotFoundError(f"{folder.parent} does not exist (--data takes a Market-1501 folder with "
+                                f"{QUERY_DIR}/ and {GALLERY_DIR}/)")
     if not folder.is_dir():
-        raise FileNotFoundError(f"{folder} is not a folder (a Market-1501 layout has {QUERY_DIR}/ and {GALLERY_DIR}/)")
+        raise FileNotFoundError(f"{folder.parent} has no {folder.name}/ folder (a Market-1501 layout has "
+                                f"{QUERY_DIR}/ and {GALLERY_DIR}/)")
     names, pids, camids, junk = [], [], [], 0
     for path in sorted(folder.iterdir()):
         if not path.is_file() or path.suffix.lower() not in IMAGE_EXTENSIONS:

@@ -32,11 +32,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
-
 from dpal_cache.config import to_dict
 from dpal_cache.data.manifest import manifest_fingerprint, read_manifest
-from dpal_cache.data.sources import open_source
+from dpal_cache.data.sources import data_folder, open_source
 from dpal_cache.extract.calibrate import Calibration
 from dpal_cache.extract.config import ExtractConfig
 from dpal_cache.extract.run import (
@@ -46,6 +44,7 @@ from dpal_cache.extract.run import (
     check_resumable,
     finalize,
     load_calibration,
+    open_or_create_store,
     write_calibration,
 )
 from dpal_cache.store import io as store_io
@@ -175,15 +174,6 @@ def _block_task(block: int, job: ExtractJob, out: str, storage_options: dict | N
 # coordinator side
 
 
-@dataclass
-class _Plan:
-    """Stands in for an ``ExtractSession`` where only its layout, attrs and manifest are needed."""
-
-    layout: StoreLayout
-    attrs: dict[str, Any]
-    manifest: pa.Table
-
-
 def workers_have_gpus(client) -> bool:
     """Whether any worker of the cluster declares a ``GPU`` resource."""
     workers = client.scheduler_info(n_workers=-1)["workers"].values()
@@ -232,8 +222,7 @@ def extract_distributed(
         manifest = read_manifest(manifest_path)
         if manifest_fingerprint(manifest) != attrs["manifest_fingerprint"]:
             raise store_io.StoreError(f"the workers read another manifest at {manifest_path} than this process")
-        # ExtractSession.open_or_create only needs these three fields: reuse it without loading a teacher here
-        group = ExtractSession.open_or_create(_Plan(layout, attrs, manifest), out, overwrite, storage_options)
+        group = open_or_create_store(out, layout, attrs, manifest, data_folder(data), overwrite, storage_options)
         if store_io.store_meta(group).get("calibration") is None:
             write_calibration(group, client.submit(_calibrate_task, job, **opts).result())
 

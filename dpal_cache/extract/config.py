@@ -24,7 +24,7 @@ RUNTIME_FIELDS = ("batch_size", "workers", "device", "checkpoint")
 class ExtractConfig:
     """What to extract (teacher, views, precision) and how (batching, workers, device)."""
 
-    teacher: str = "random:vit_base"  # registry name: path-b, hap-b, sapiens-0.3b, timm:<name>, random:<arch>
+    teacher: str = ""  # required: path-b, hap-b, sapiens-0.3b, timm:<name>, random:<arch> (random weights)
     checkpoint: Path | None = None  # default: the teacher's file under ~/.cache/dpal-cache/teachers/
     teacher_seed: int = 0  # weights of random: teachers
     pos_embed: Literal["timm", "release"] = "timm"  # how position embeddings are resampled to the view grid

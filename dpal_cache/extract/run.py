@@ -19,6 +19,7 @@ from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -32,11 +33,12 @@ from dpal_cache import __version__
 from dpal_cache.config import differences, to_dict
 from dpal_cache.data.catalog import Catalog
 from dpal_cache.data.manifest import manifest_fingerprint
-from dpal_cache.data.sources import FolderSource, ImageSource
+from dpal_cache.data.sources import FolderSource, ImageSource, SourceError
 from dpal_cache.extract.calibrate import Calibration, fit_calibration
 from dpal_cache.extract.compute import BlockBuffer, TeacherStep, measure_precision
 from dpal_cache.extract.config import RUNTIME_FIELDS, ExtractConfig
 from dpal_cache.extract.items import Backgrounds, ExtractItems, block_batches, collate, worker_context
+from dpal_cache.outputs import OutputRefused, check_apart
 from dpal_cache.store import io as store_io
 from dpal_cache.store.layout import FORMAT_VERSION, STATUS_OK, StoreLayout
 from dpal_cache.store.lock import StoreLock
@@ -137,6 +139,42 @@ def check_resumable(meta: dict, attrs: dict) -> None:
         )
 
 
+def check_store_apart(out, image_folder: Path | None) -> None:
+    """Refuse a local store inside the folder of the images (``ImageSource.folder``), or one that holds it."""
+    local = store_io.local_store_path(out)
+    try:
+        if local is not None:
+            check_apart(local, {"--data": image_folder})
+    except OutputRefused as exc:
+        raise store_io.StoreError(str(exc)) from None
+
+
+def open_or_create_store(out: str, layout: StoreLayout, attrs: dict, manifest: pa.Table, image_folder: Path | None,
+                         overwrite: bool = False, storage_options: dict | None = None):
+    """Open the store at ``out`` to resume it (refusing a mismatch), or create it; the caller holds its lock.
+
+    Refused before anything is written: ``out`` inside ``image_folder`` (or holding it), and a location that
+    holds something other than a dpal-cache store (``store_io.check_store_location``).
+    """
+    check_store_apart(out, image_folder)
+    group = None
+    if not overwrite:
+        try:
+            group = store_io.open_store(out, mode="r+", storage_options=storage_options)
+        except store_io.StoreMissing:
+            pass
+    if group is None:
+        group = store_io.create_store(out, layout, attrs, storage_options,
+                                      files={"manifest.parquet": _manifest_bytes(manifest)})
+    else:
+        check_resumable(store_io.store_meta(group), attrs)
+        store_io.remove_partial_files(out)  # the caller holds the writer lock
+        log.info("resuming %s", out)
+    # the resolved config of this run, readable next to the arrays (any store: local or remote)
+    store_io.put_bytes(group, "extract.yaml", yaml.safe_dump(attrs["extract_config"], sort_keys=False).encode())
+    return group
+
+
 def load_calibration(group, meta: dict) -> Calibration:
     c = meta["calibration"]
     return Calibration(
@@ -189,31 +227,17 @@ class ExtractSession:
         self.attrs = store_attrs(cfg, self.layout, self.teacher, manifest, source, autocast)
 
     def open_or_create(self, out: str, overwrite: bool = False, storage_options: dict | None = None):
-        """Open the store at ``out`` to resume it (refusing a mismatch), or create it."""
-        group = None
-        if not overwrite:
-            try:
-                group = store_io.open_store(out, mode="r+", storage_options=storage_options)
-            except store_io.StoreMissing:
-                pass
-        if group is None:
-            group = store_io.create_store(out, self.layout, self.attrs, storage_options,
-                                          files={"manifest.parquet": _manifest_bytes(self.manifest)})
-        else:
-            check_resumable(store_io.store_meta(group), self.attrs)
-            store_io.remove_partial_files(out)  # the caller holds the writer lock
-            log.info("resuming %s", out)
-        # the resolved config of this run, readable next to the arrays (any store: local or remote)
-        store_io.put_bytes(group, "extract.yaml",
-                           yaml.safe_dump(self.attrs["extract_config"], sort_keys=False).encode())
-        return group
+        """``open_or_create_store`` for this session's layout, attributes, manifest and images."""
+        return open_or_create_store(out, self.layout, self.attrs, self.manifest, self.source.folder(), overwrite,
+                                    storage_options)
 
     def calibrate(self, workers: int = 0) -> Calibration:
         """Fit the mask component and int8 scales on the views of the first usable images."""
         cfg = self.cfg
         ok = self.dataset.catalog.ok
         if not len(ok):
-            raise ValueError("no usable image to calibrate on: every image failed the scan")
+            raise SourceError("no usable image to calibrate on: every image failed the scan (see the manifest's "
+                              "reasons)")
         # spread over the data set, not its first images: folders sorted by identity or video would
         # otherwise calibrate on a handful of people
         chosen = np.unique(np.linspace(0, len(ok) - 1, min(cfg.calibration_images, len(ok))).round().astype(int))
@@ -236,7 +260,9 @@ class ExtractSession:
                     crowd_outs.append(crowd)
                     crowd_images += int((status == STATUS_OK).sum())
         if not outs:
-            raise ValueError("no calibration image could be read at extract time")
+            raise SourceError(
+                f"none of the {len(chosen)} calibration images could be read from {self.source}: they are missing "
+                "or changed since the scan. Pass the --manifest made from these images (or let extract scan them)")
         tokens = np.concatenate([o["tokens"] for o in outs])
         calib = fit_calibration(tokens, self.layout.view_grid, images=len(chosen))
         maps = {"attn_cls": np.concatenate([o["attn_cls"] for o in outs])}

@@ -108,14 +108,79 @@ def remove_partial_files(url) -> int:
     return len(stale)
 
 
+STORE_WHAT = "a dpal-cache feature store"
+STORE_FIX = "choose a new or empty --out; --overwrite replaces only a dpal-cache store"
+
+
+def _is_ours(zarr_json: bytes | None) -> bool:
+    """Whether a root ``zarr.json`` document is a dpal-cache store's (complete, or interrupted while created)."""
+    if zarr_json is None:
+        return False
+    try:
+        attrs = json.loads(zarr_json).get("attributes", {})
+    except (ValueError, AttributeError):
+        return False
+    return isinstance(attrs, dict) and (isinstance(attrs.get(ATTRS_KEY), dict) or attrs.get(CREATING_KEY) is True)
+
+
+def is_store_folder(folder: Path) -> bool:
+    """Whether a local folder is a dpal-cache store (its root ``zarr.json`` carries our attributes)."""
+    try:
+        return _is_ours((folder / "zarr.json").read_bytes())
+    except OSError:
+        return False
+
+
+def _remote_listing(url, storage_options: dict | None) -> tuple[list[str], bytes | None]:
+    """(sorted top-level entry names, root ``zarr.json`` bytes or None) of a store URL or zarr store object."""
+    from zarr.abc.store import Store
+    from zarr.core.buffer import default_buffer_prototype
+    from zarr.core.sync import sync
+    from zarr.storage import FsspecStore
+
+    store = url if isinstance(url, Store) else FsspecStore.from_url(str(url), storage_options=storage_options,
+                                                                      read_only=True)
+
+    async def read() -> tuple[list[str], bytes | None]:
+        names = sorted([name async for name in store.list_dir("")])
+        doc = await store.get("zarr.json", prototype=default_buffer_prototype()) if "zarr.json" in names else None
+        return names, None if doc is None else doc.to_bytes()
+
+    return sync(read())
+
+
+def check_store_location(url, storage_options: dict | None = None) -> None:
+    """Refuse to create a store at ``url`` when something other than a dpal-cache store is there.
+
+    Creating a store replaces what is at its location; only a store of ours may be replaced. Raises
+    StoreError saying what is there (nothing is changed).
+    """
+    from dpal_cache.outputs import OutputRefused, check_output_folder
+
+    local = local_store_path(url)
+    try:
+        if local is not None:
+            check_output_folder(local, STORE_WHAT, is_store_folder, STORE_FIX)
+            return
+        names, root_doc = _remote_listing(url, storage_options)
+        if names and not _is_ours(root_doc):
+            more = f" and {len(names) - 4} more" if len(names) > 4 else ""
+            raise OutputRefused(f"{url} is not empty and is not {STORE_WHAT}: it holds {', '.join(names[:4])}{more}. "
+                                f"{STORE_FIX[:1].upper()}{STORE_FIX[1:]} (nothing was changed)")
+    except OutputRefused as exc:
+        raise StoreError(str(exc)) from None
+
+
 @_writes("the arrays and attributes")
 def create_store(url: str, layout: StoreLayout, attrs: dict[str, Any], storage_options: dict | None = None,
                  files: dict[str, bytes] | None = None):
-    """Create (replacing anything at ``url``) a store with every array of ``layout`` preallocated.
+    """Create a store with every array of ``layout`` preallocated, replacing an earlier dpal-cache store at
+    ``url`` (anything else there is refused: ``check_store_location``).
 
     ``files`` (e.g. ``manifest.parquet``) are stored before the attributes, which come last: a store
     whose creation was interrupted has no ``dpal_cache`` attributes yet and is created again.
     """
+    check_store_location(url, storage_options)
     group = zarr.open_group(url, mode="w", zarr_format=3, attributes={CREATING_KEY: True},
                             **_options(storage_options))
     for name, spec in layout.arrays().items():
@@ -290,12 +355,9 @@ def read_failures(group) -> dict[int, dict[str, Any]]:
     return out
 
 
-def read_store_manifest(group, source=None):
-    """The manifest a store was extracted from (a pyarrow Table), checked against ``source`` if given.
-
-    Raises StoreError when the store has no manifest, or when ``source`` holds other images (other
-    keys or another order) than the ones the store was made from.
-    """
+def read_store_manifest(group):
+    """The manifest a store was extracted from (a pyarrow Table); check images against it with
+    ``check_store_source``. Raises StoreError when the store has no manifest."""
     import io
 
     import pyarrow.parquet as pq
@@ -303,16 +365,14 @@ def read_store_manifest(group, source=None):
     raw = get_bytes(group, "manifest.parquet")
     if raw is None:
         raise StoreError("the store lacks manifest.parquet: it was not written by `dpal-cache extract`")
-    manifest = pq.read_table(io.BytesIO(raw))
-    if source is not None:
-        check_store_source(manifest, source)
-    return manifest
+    return pq.read_table(io.BytesIO(raw))
 
 
-def check_store_source(manifest, source) -> None:
-    """Raise StoreError when ``source`` names other images (keys or order) than the store's ``manifest``.
+def check_store_source(manifest, source):
+    """``source`` as the store's ``manifest`` scanned it (``source_as_scanned``: a deleted file keeps its
+    index); StoreError when it names other images (keys or order) than the manifest.
 
-    A folder is compared as the Catalog will read it: listed as scanned (a deleted file keeps its index).
+    Pass the returned source on (to a Catalog): listing it again would log its changes again.
     """
     from dpal_cache.data.catalog import source_as_scanned
     from dpal_cache.data.manifest import manifest_metadata
@@ -324,8 +384,9 @@ def check_store_source(manifest, source) -> None:
         raise StoreError(str(exc)) from None
     stored = manifest_metadata(manifest).get("source_fingerprint")
     if stored is not None and stored != source.fingerprint():
-        raise StoreError(f"the images given ({source.describe()}) are not the ones the store was extracted from "
+        raise StoreError(f"the images given ({source}) are not the ones the store was extracted from "
                          "(different keys or order): pass the same --data as for extract")
+    return source
 
 
 @_writes("the consolidated metadata")

@@ -36,6 +36,7 @@ import numpy as np
 from PIL import Image
 
 from dpal_cache.config import dump_yaml, load_config
+from dpal_cache.outputs import check_output_folder
 from dpal_cache.synth.config import SynthConfig
 from dpal_cache.synth.draw import render_background, render_distractor, render_image
 from dpal_cache.synth.identity import ATTRIBUTE_NAMES, identity_for
@@ -173,14 +174,11 @@ def is_synth_output(out_dir: Path) -> bool:
 
 
 def _prepare(out_dir: Path, cfg: SynthConfig, overwrite: bool) -> None:
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ValueError(f"{out_dir} exists and is not a directory")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite and not is_synth_output(out_dir):
-        raise ValueError(
-            f"{out_dir} is not empty and is not the output of an earlier `dpal-cache synth` (no valid "
-            f"{CONFIG_FILE}); choose an empty or new folder, or pass overwrite (--overwrite) to replace "
-            f"synth's own entries there ({', '.join(OUTPUT_NAMES)})"
-        )
+    # --overwrite may write into any folder, but replaces only synth's own entries there
+    check_output_folder(out_dir, f"the output of an earlier `dpal-cache synth` (no valid {CONFIG_FILE})",
+                        lambda folder: overwrite or is_synth_output(folder),
+                        f"choose an empty or new folder, or pass --overwrite to replace synth's own entries there "
+                        f"({', '.join(OUTPUT_NAMES)}) and leave the rest")
     for name in OUTPUT_NAMES:  # stale files of a bigger earlier run must not leak into this one
         path = out_dir / name
         if path.is_dir() and not path.is_symlink():

@@ -82,6 +82,8 @@ def resolve_checkpoint(spec: TeacherSpec, checkpoint: str | Path | None = None) 
     expected = f"the {spec.name} teacher expects {spec.checkpoint_file or 'a weight file'}"
     if checkpoint is not None:
         path = Path(checkpoint).expanduser()
+        if path.is_dir():
+            raise CheckpointError(f"--checkpoint {path} is a folder: pass the weight file; {expected}.{published}")
         if not path.is_file():
             raise CheckpointError(f"checkpoint {path} (given with --checkpoint) does not exist; {expected}.{published}")
         return path
@@ -152,11 +154,15 @@ def safe_torch_load(path: str | Path, map_location: str | torch.device = "cpu") 
                 "state dict (torch.save(model.state_dict(), ...)) or as .safetensors.",
                 names,
             ) from None
-        raise CorruptCheckpointError(f"cannot read checkpoint {path}: the file is corrupt or truncated ({exc})",
-                                     str(exc)) from None
+        raise _corrupt(path, exc) from None
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, KeyError, IndexError) as exc:
-        raise CorruptCheckpointError(f"cannot read checkpoint {path}: the file is corrupt or truncated ({exc})",
-                                     str(exc)) from None
+        raise _corrupt(path, exc) from None
+
+
+def _corrupt(path: Path, exc: BaseException) -> CorruptCheckpointError:
+    # name the exception: a bare KeyError reads "(101)", which says nothing
+    detail = f"{type(exc).__name__}: {exc}"
+    return CorruptCheckpointError(f"cannot read checkpoint {path}: the file is corrupt or truncated ({detail})", detail)
 
 
 def safetensors_load(path: str | Path) -> dict[str, torch.Tensor]:

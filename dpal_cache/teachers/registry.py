@@ -216,6 +216,8 @@ def _timm_spec(name: str, model_name: str, random: bool) -> TeacherSpec:
 def get_teacher_spec(name: str) -> TeacherSpec:
     """The spec of a teacher by name; unknown names raise ``ValueError`` listing the known ones."""
     name = name.strip()
+    if not name:
+        raise ValueError(f"no teacher given (--teacher): one of {', '.join(known_teachers())}")
     if name in _TEACHERS:
         return _TEACHERS[name]
     kind, sep, arch = name.partition(":")

@@ -191,7 +191,8 @@ class StoreDataset(Dataset):
             )
         self.relation_array = relation_array
         try:
-            manifest = store_io.read_store_manifest(group, source)
+            manifest = store_io.read_store_manifest(group)
+            source = store_io.check_store_source(manifest, source)  # as scanned: listed (and warned about) once
         except (store_io.StoreError, SourceError) as exc:
             raise StoreMismatch(f"{url}: {exc}") from None
         decode = from_dict(DecodeConfig, meta["extract_config"]["decode"])
@@ -228,7 +229,7 @@ class StoreDataset(Dataset):
         if failed and len(failed) == len(picks):
             raise StoreMismatch(
                 f"none of the {len(picks)} images checked matches the store's manifest ({failed[0]}): the images "
-                f"given ({self.catalog.source.describe()}) are not the ones the store was extracted from: pass the "
+                f"given ({self.catalog.source}) are not the ones the store was extracted from: pass the "
                 "same --data as for extract"
             )
         if failed and not self.skip_changed:

@@ -38,6 +38,7 @@ from dpal_cache.train.data import EpochSampler, StoreDataset, StoreMismatch, mak
 from dpal_cache.train.decoders import build_decoder
 from dpal_cache.train.ema import EMA
 from dpal_cache.train.model import DistillModel
+from dpal_cache.train.rundir import check_run_dir
 from dpal_cache.train.schedule import lr_at, scaled_lr
 from dpal_cache.train.students import StudentConfig, build_student
 
@@ -53,7 +54,9 @@ Progress = Callable[[dict[str, Any]], None]
 @dataclass
 class TrainSummary:
     run_dir: Path
-    steps: int = 0
+    steps: int = 0  # optimizer steps run by this call (a resume counts only its own)
+    step: int = 0  # the run's step at the end (where a resume continues from)
+    total_steps: int = 0  # the steps the schedule spans (--epochs)
     epochs_done: float = 0.0
     seconds: float = 0.0
     first: dict[str, float] = field(default_factory=dict)  # losses of the first logged step of this run
@@ -125,6 +128,21 @@ def truncate_metrics(path: Path, step: int) -> None:
     os.replace(tmp, path)
 
 
+def check_resume_world(state: dict[str, Any], world: int, cfg: TrainConfig, run_dir: Path) -> None:
+    """A run resumes only with the process count it trained with: each rank's share of an epoch, the
+    global batch and with them the epoch and the learning rate at a step all follow it."""
+    saved = state.get("world")
+    if saved is None or saved == world:  # checkpoints before the count was recorded: nothing to compare
+        return
+    launch = (f"under torchrun --nproc_per_node {saved} (pipelines/train_ddp.sh)" if saved > 1
+              else "as a single process (no torchrun)")
+    raise StoreMismatch(
+        f"{run_dir} trained with {saved} process(es) (global batch {saved * cfg.batch_size * cfg.optim.accum_steps}) "
+        f"but this resume runs {world}: the data order, epoch and learning rate at a step follow the process "
+        f"count. Resume {launch}, or start a new run (--out)"
+    )
+
+
 def check_resume_store(state: dict[str, Any], dataset: StoreDataset) -> None:
     """A run resumes only on a store with the same teacher width (the decoder's output)."""
     old, new = state["store"]["teacher"].get("embed_dim"), dataset.meta["teacher"].get("embed_dim")
@@ -170,6 +188,7 @@ def train(
     storage_options: dict | None = None,
 ) -> TrainSummary:
     """Train from the store at ``store``; see the module docstring."""
+    check_run_dir(Path(run_dir), resume)  # before the store is opened: a refused run costs nothing
     dataset = StoreDataset(store, source, relation=cfg.loss.relation, local_crop_cfg=cfg.local_crops,
                            skip_changed=cfg.skip_changed,
                            background_dir=str(cfg.background_dir) if cfg.background_dir else None,
@@ -185,10 +204,13 @@ def run_training(
     progress: Progress | None = None,
     prepare: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
     store_ref: str = "",
+    configs: dict[str, Any] | None = None,
 ) -> TrainSummary:
     """The loop, for any dataset that serves StoreDataset's batches (``views``, ``layout``,
     ``token_stats``, ``meta``, ``seed``); ``prepare`` completes a batch on the device (online mode
-    computes the teacher targets there). ``progress`` gets each step's record plus ``total_steps``."""
+    computes the teacher targets there). ``progress`` gets each step's record plus ``total_steps``;
+    ``configs`` (file name -> config dataclass) are saved into the run's folder next to its own. Callers check the
+    folder first (``check_run_dir``)."""
     writer_class = tensorboard_writer_class() if cfg.tensorboard else None  # every rank: fail before joining
     env = init_distributed(cfg.device)
     device = resolve_device(cfg.device)
@@ -197,10 +219,6 @@ def run_training(
         torch.cuda.set_device(device)
     run_dir = Path(run_dir)
     last_path = run_dir / "last.pt"
-    if env.main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    if not resume and last_path.exists():
-        raise FileExistsError(f"{run_dir} already holds a run (last.pt): pass --resume, or choose another --out")
     state = load_checkpoint(last_path) if resume else None
     diffs = config_differences(state["config"], to_dict(cfg)) if state is not None else []
     if diffs:
@@ -208,6 +226,7 @@ def run_training(
                             + "\n  ".join(diffs) + "\nresume with the run's config, or start a new run (--out)")
 
     if state is not None:
+        check_resume_world(state, env.world, cfg, run_dir)
         check_resume_store(state, dataset)
     torch.manual_seed(cfg.seed)  # same initial weights on every rank
     model = build_model(cfg, dataset).to(device)
@@ -224,6 +243,10 @@ def run_training(
     total_steps_run = min(total_steps, cfg.max_steps) if cfg.max_steps is not None else total_steps
     peak = scaled_lr(cfg.optim.base_lr, cfg.batch_size * env.world * cfg.optim.accum_steps)
     warmup = int(round(cfg.optim.warmup_epochs * steps_per_epoch))
+    if total_steps_run < warmup:
+        log.warning("--max-steps %d ends the run inside the %d warmup steps (the schedule spans %d epochs, %d "
+                    "steps): the learning rate never reaches its peak; set --epochs for a short complete run",
+                    total_steps_run, warmup, cfg.epochs, total_steps)
     optimizer = torch.optim.AdamW(param_groups(model, cfg.optim.weight_decay), lr=peak, betas=cfg.optim.betas)
 
     step, epoch, batch_in_epoch = 0, 0, 0
@@ -237,10 +260,13 @@ def run_training(
         if device.type == "cuda" and state.get("rng_cuda") is not None:
             torch.cuda.set_rng_state(state["rng_cuda"], device)
         log.info("resumed %s at step %d (epoch %d, batch %d)", run_dir, step, epoch, batch_in_epoch)
-    if env.main:
+    if env.main:  # every check passed: only now does the run's folder appear
+        run_dir.mkdir(parents=True, exist_ok=True)
         dump_yaml(cfg, run_dir / "config.yaml")
-        if state is not None:
-            truncate_metrics(run_dir / "metrics.jsonl", step)
+        for name, other in (configs or {}).items():
+            dump_yaml(other, run_dir / name)
+        # a resume drops the lines logged after its checkpoint; a new run those of one that died before any
+        truncate_metrics(run_dir / "metrics.jsonl", step)
 
     sampler = EpochSampler(**sampler_args, start_epoch=epoch, start_batch=batch_in_epoch)
     loader = make_loader(dataset, sampler, cfg.workers, pin_memory=device.type == "cuda")
@@ -250,7 +276,7 @@ def run_training(
     metrics = open(run_dir / "metrics.jsonl", "a") if env.main else None
     writer = writer_class(log_dir=str(run_dir / "tb"), purge_step=step) if writer_class and env.main else None
     summary = TrainSummary(run_dir=run_dir)
-    start = time.perf_counter()
+    start, start_step = time.perf_counter(), step
     wait = compute = 0.0
     samples = 0
     accum = {k: 0.0 for k in LOSS_KEYS}
@@ -268,6 +294,7 @@ def run_training(
             "step": step,
             "epoch": epoch,
             "batch_in_epoch": batch_in_epoch,
+            "world": env.world,  # the data order and the schedule follow the process count
             "rng_cpu": torch.get_rng_state(),
             "rng_cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
             "student": {"timm_name": model.student.timm_name, "timm_kwargs": model.student.timm_kwargs},
@@ -340,8 +367,9 @@ def run_training(
             metrics.close()
         if writer is not None:
             writer.close()
-    summary.steps = step
+    summary.steps, summary.step, summary.total_steps = step - start_step, step, total_steps
     summary.epochs_done = epoch + batch_in_epoch / per_epoch
     summary.seconds = time.perf_counter() - start
-    log.info("trained %d steps in %.1fs; last loss %.4f", step, summary.seconds, summary.last.get("loss", float("nan")))
+    log.info("trained %d steps (to step %d) in %.1fs; last loss %.4f", summary.steps, step, summary.seconds,
+             summary.last.get("loss", float("nan")))
     return summary

@@ -35,7 +35,7 @@ import pyarrow as pa
 import torch
 from torch.utils.data import Dataset
 
-from dpal_cache.config import dump_yaml, from_dict, load_yaml, to_dict
+from dpal_cache.config import from_dict, load_yaml, to_dict
 from dpal_cache.data.sources import ImageSource
 from dpal_cache.extract.calibrate import Calibration
 from dpal_cache.extract.compute import TeacherStep, encode_outputs
@@ -54,6 +54,7 @@ from dpal_cache.train.data import (
     sample_keys,
 )
 from dpal_cache.train.loop import Progress, TrainSummary, run_training
+from dpal_cache.train.rundir import check_run_dir
 from dpal_cache.views.config import LocalCropConfig
 from dpal_cache.views.crowd import make_recipe
 from dpal_cache.views.params import global_view_params
@@ -164,13 +165,11 @@ def _training_device(cfg: TrainConfig) -> torch.device:
 
 
 def _check_run_dir(run_dir: Path, extract_cfg: ExtractConfig, resume: bool) -> None:
-    """Refuse to resume an online run with another teacher, views or precision (they make the targets)."""
+    """The run folder's checks (``check_run_dir``), and a resume refused with another teacher, views or
+    precision than the run's (they make the targets)."""
+    check_run_dir(run_dir, resume)
     saved = run_dir / "extract.yaml"
-    if not resume:
-        if (run_dir / "last.pt").exists():
-            raise FileExistsError(f"{run_dir} already holds a run (last.pt): pass --resume, or choose another --out")
-        return
-    if saved.exists():
+    if resume and saved.exists():
         old, new = store_identity(from_dict(ExtractConfig, load_yaml(saved))), store_identity(extract_cfg)
         diffs = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
         if diffs:
@@ -208,9 +207,7 @@ def train_online(
     calib = session.calibrate(cfg.workers)
     dataset = OnlineDataset(session, calib, cfg.local_crops, cfg.skip_changed)
     prepare = TeacherTargets(session, calib, cfg.loss.relation)
-    if int(os.environ.get("RANK", "0")) == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        dump_yaml(extract_cfg, run_dir / "extract.yaml")
     name = session.teacher.describe()["name"]
     log.info("online mode: teacher %s on %s, %d images", name, session.device, len(dataset))
-    return run_training(cfg, dataset, run_dir, resume, progress, prepare=prepare, store_ref=f"online:{name}")
+    return run_training(cfg, dataset, run_dir, resume, progress, prepare=prepare, store_ref=f"online:{name}",
+                        configs={"extract.yaml": extract_cfg})

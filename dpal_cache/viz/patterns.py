@@ -40,7 +40,7 @@ from dpal_cache.eval.reid import MARKET_PATTERN
 from dpal_cache.extract.calibrate import centre_mask
 from dpal_cache.extract.compute import decode_map, decode_tokens
 from dpal_cache.extract.items import Backgrounds
-from dpal_cache.store.io import StoreError, open_store, read_store_manifest, store_meta
+from dpal_cache.store.io import StoreError, check_store_source, open_store, read_store_manifest, store_meta
 from dpal_cache.store.layout import STATUS_OK
 from dpal_cache.views.config import ViewsConfig
 from dpal_cache.views.crowd import CrowdRecipe, render_crowd
@@ -188,7 +188,8 @@ class StoreImages:
         self.layout = self.meta["layout"]
         source = open_source(data)
         try:
-            manifest = read_store_manifest(self.group, source)
+            manifest = read_store_manifest(self.group)
+            source = check_store_source(manifest, source)  # as scanned: listed (and warned about) once
         except StoreError as exc:
             raise PatternError(f"{store}: {exc}") from None
         try:

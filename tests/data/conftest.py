@@ -1,10 +1,9 @@
-"""Shared builders for the data tests: small generated images as bytes, and LMDBs holding them."""
+"""Shared builders for the data tests: small generated images as bytes (LMDBs: tests/conftest.py)."""
 
 from __future__ import annotations
 
 import io
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -37,18 +36,3 @@ def noise_jpeg() -> Callable[..., bytes]:
     return _noise_jpeg
 
 
-def _make_lmdb(db_dir: Path, items: dict[bytes, bytes]) -> Path:
-    import lmdb
-
-    db_dir.mkdir(parents=True, exist_ok=True)
-    with lmdb.open(str(db_dir), map_size=1 << 24) as env, env.begin(write=True) as txn:
-        for key, value in items.items():
-            txn.put(key, value)
-    return db_dir
-
-
-@pytest.fixture()
-def make_lmdb() -> Callable[[Path, dict[bytes, bytes]], Path]:
-    """``make_lmdb(folder, {key_bytes: value_bytes}) -> folder``: a LUPerson-style LMDB (values raw image bytes)."""
-    pytest.importorskip("lmdb")
-    return _make_lmdb

@@ -410,6 +410,19 @@ def test_lmdb_source_pickles_into_spawned_workers(tmp_path: Path, make_lmdb, noi
     assert src.read(3) == items[LUP_KEYS[3].encode()]  # the parent's handle still works
 
 
+def test_lmdb_source_reads_in_forked_workers_after_the_parent_read(tmp_path: Path, make_lmdb, noise_jpeg):
+    # DataLoader workers are forked from a process that has read (train checks a few images first): py-lmdb
+    # refuses to open a database twice in a process, and a child inherits the parent's registry of open ones
+    items = _lup_items(noise_jpeg)
+    db = make_lmdb(tmp_path / "lmdb", items)
+    src, twin = LmdbSource(db), open_source(db)  # two sources of one database in one process share its handle
+    assert src.read(0) == twin.read(0) == items[bytes(src._keys[0])]
+    with mp.get_context("fork").Pool(2) as pool:
+        read = pool.map(src.read, range(len(src)))
+    assert read == [items[bytes(k)] for k in src._keys]
+    assert src.read(1) == items[bytes(src._keys[1])]  # the parent's handle still works
+
+
 def test_read_errors_survive_pickling():
     err = pickle.loads(pickle.dumps(SourceReadError("missing", "a.jpg: No such file")))
     assert isinstance(err, SourceReadError) and (err.reason, err.detail) == ("missing", "a.jpg: No such file")

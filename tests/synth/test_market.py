@@ -149,7 +149,7 @@ def test_rerun_replaces_an_earlier_output_and_refuses_foreign_folders(tmp_path):
     assert sorted(p.name for p in foreign.iterdir()) == ["notes.txt"]
     synthesize(foreign, small, overwrite=True)
     assert (foreign / "notes.txt").read_text() == "mine" and (foreign / "attributes.parquet").is_file()
-    with pytest.raises(ValueError, match="not a directory"):
+    with pytest.raises(ValueError, match="is a file"):
         synthesize(foreign / "notes.txt", small)
 
 

@@ -47,6 +47,12 @@ def extract_config(**overrides) -> ExtractConfig:
 
 
 @pytest.fixture(scope="session")
+def store_extract_config():
+    """``store_extract_config(**overrides)``: the ExtractConfig of the test stores (see extract_config)."""
+    return extract_config
+
+
+@pytest.fixture(scope="session")
 def persons(tmp_path_factory) -> tuple[Path, Path]:
     """(folder, manifest): 10 synthetic 64x32 person crops, scanned."""
     out = tmp_path_factory.mktemp("train_synth")

@@ -9,7 +9,9 @@ import subprocess
 import sys
 
 import pytest
+from typer.testing import CliRunner
 
+from dpal_cache.cli import _register, app
 from dpal_cache.train.checkpoint import load_checkpoint
 
 # each rank: record the keys its DataLoader asks for, then run `dpal-cache train` as the console script does
@@ -65,6 +67,14 @@ def test_two_process_torchrun_trains_on_disjoint_samples(store, tmp_path, read_m
         a = {k for k in keys[0] if k // n == epoch}
         b = {k for k in keys[1] if k // n == epoch}
         assert not a & b, epoch
+
+    # a single-process --resume of the 2-process run would train another data order at half the lr
+    before = (run_dir / "last.pt").read_bytes(), (run_dir / "metrics.jsonl").read_bytes()
+    _register()
+    resumed = CliRunner().invoke(app, cmd[cmd.index("train"):] + ["--resume"])
+    assert resumed.exit_code == 2, resumed.output
+    assert "trained with 2 process(es)" in resumed.output and "torchrun --nproc_per_node 2" in resumed.output
+    assert ((run_dir / "last.pt").read_bytes(), (run_dir / "metrics.jsonl").read_bytes()) == before
 
 
 @pytest.mark.parametrize("sets", [{}, {"decoder.kind": "linear"}, {"decoder.kind": "mae"}, {"decoder.kind": "moe"},

@@ -115,3 +115,18 @@ def test_tensorboard_scalars_and_a_clear_error_without_the_package(store, tmp_pa
     tags = {tag for tag, _, _ in scalars}
     assert {f"loss/{k}" for k in LOSS_KEYS} | {"train/lr", "train/samples_per_s", "train/data_wait"} <= tags
     assert sorted({step for _, _, step in scalars}) == [1, 2]
+
+
+def test_trains_from_an_lmdb_source_with_worker_processes(persons, tmp_path, train_config, read_metrics, make_lmdb,
+                                                          store_extract_config):
+    # LUPerson ships as LMDB; DataLoader workers fork from a process that already read it (the start-up check)
+    from dpal_cache.data.manifest import ScanConfig, read_manifest, scan
+    from dpal_cache.extract.run import extract
+
+    folder, _ = persons
+    db = make_lmdb(tmp_path / "lup", {p.name.encode(): p.read_bytes() for p in sorted(folder.iterdir())})
+    scan(open_source(db), tmp_path / "lup.parquet", ScanConfig(workers=1))
+    store = str(tmp_path / "lup.zarr")
+    extract(store_extract_config(), open_source(db), read_manifest(tmp_path / "lup.parquet"), store)
+    summary = train(train_config("max_steps=3", "workers=2"), store, open_source(db), tmp_path / "run")
+    assert summary.steps == 3 and len(read_metrics(tmp_path / "run")) == 3

@@ -62,8 +62,9 @@ def test_wrong_resumes_are_refused(store, tmp_path, train_config):
     with pytest.raises(StoreMismatch, match=r"different config.*\n  loss\.mask: run has 'pca', now 'none'"):
         train(train_config("max_steps=2", "decoder.kind=linear", "loss.mask=none"), store.url, source,
               tmp_path / "run", resume=True)
-    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+    with pytest.raises(FileNotFoundError, match="nothing to resume: .*never_ran does not exist"):
         train(cfg, store.url, source, tmp_path / "never_ran", resume=True)
+    assert not (tmp_path / "never_ran").exists()  # a refused run leaves no folder behind
 
 
 WRITER = """
