@@ -140,16 +140,15 @@ def _decode_render_seconds(ctx: BenchContext) -> tuple[float, float]:
 
 
 def _encode_compress_write(ctx: BenchContext, outs: list[dict[str, np.ndarray]], store) -> dict[str, float]:
-    """Seconds to encode the outputs into blocks, to zstd-compress their chunks, and to write them."""
+    """Seconds to encode the outputs into blocks, to zstd-compress their compressed (per-block) chunks, and to
+    write them."""
     import numcodecs
 
     from dpal_cache.extract.compute import BlockBuffer
-    from dpal_cache.extract.run import load_calibration
     from dpal_cache.store import io as store_io
 
     layout, session = ctx.session.layout, ctx.session
-    group = store_io.open_store(str(store), "r")
-    calib = load_calibration(group, store_io.store_meta(group))
+    calib = store_io.read_calibration(store_io.open_store(str(store), "r"))
     start = time.perf_counter()
     buffers: dict[int, BlockBuffer] = {}
     for batch, out in zip(ctx.rendered, outs):
@@ -161,13 +160,15 @@ def _encode_compress_write(ctx: BenchContext, outs: list[dict[str, np.ndarray]],
     start = time.perf_counter()
     for buf in buffers.values():
         for name, data in buf.arrays.items():
-            codec = numcodecs.Zstd(level=1 if name.endswith("tokens") else 3)
+            if not specs[name].compressed:  # the row arrays are stored raw
+                continue
+            codec = numcodecs.Zstd(level=3)
             rows = specs[name].chunks[0]
             for r in range(0, len(data), rows):
                 codec.encode(np.ascontiguousarray(data[r : r + rows]))
     compress = time.perf_counter() - start
 
-    scratch = store_io.create_store(str(ctx.workdir / "extraction" / "write.zarr"), layout, session.attrs)
+    scratch = store_io.create_store(str(ctx.workdir / "extraction" / "write.zarr"), session.meta)
     start = time.perf_counter()
     for block, buf in buffers.items():
         store_io.write_block(scratch, layout, block, buf.arrays)

@@ -35,16 +35,15 @@ def _reference(outs: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
 
 def _write_option(ctx: BenchContext, tokens: str, maps: str, calib, url) -> Any:
     from dpal_cache.extract.compute import BlockBuffer
-    from dpal_cache.extract.run import write_calibration
     from dpal_cache.store import io as store_io
 
     session = ctx.session
     layout = dataclasses.replace(session.layout, token_precision=tokens, map_precision=maps)
-    attrs = {**session.attrs, "layout": dataclasses.asdict(layout),
-             "precision": {"tokens": tokens, "maps": maps, "mask_at_extract": session.cfg.mask_at_extract}}
+    meta = session.meta.replace(layout=layout, precision=dataclasses.replace(session.meta.precision, tokens=tokens,
+                                                                              maps=maps))
     shutil.rmtree(url, ignore_errors=True)
-    group = store_io.create_store(str(url), layout, attrs)
-    write_calibration(group, calib)
+    group = store_io.create_store(str(url), meta)
+    store_io.write_calibration(group, calib)
     buffers: dict[int, BlockBuffer] = {}
     for batch, out in zip(ctx.rendered, ctx.teacher_outputs()):
         block = int(batch["index"][0]) // layout.shard_images
@@ -57,7 +56,7 @@ def _write_option(ctx: BenchContext, tokens: str, maps: str, calib, url) -> Any:
 
 
 def _errors(group, calib, ref: dict[str, np.ndarray]) -> dict[str, float]:
-    from dpal_cache.extract.compute import decode_map, decode_tokens
+    from dpal_cache.store.codecs import decode_map, decode_tokens
     from dpal_cache.store.layout import STATUS_OK
     from dpal_cache.store.quant import kl_per_row, relative_l2
 
@@ -65,23 +64,22 @@ def _errors(group, calib, ref: dict[str, np.ndarray]) -> dict[str, float]:
     v = group["views/tokens"].shape[0] // len(ok)
     c = group["crowds/attn"].shape[0] // len(ok) if "crowds/attn" in group else 0
     rows_v, rows_c = np.repeat(ok, v), np.repeat(ok, c)
-    tokens = decode_tokens(group["views/tokens"][:][rows_v], calib.token_scales)
+    tokens = decode_tokens(group["views/tokens"][:][rows_v], calib.token_scales).numpy()
     out = {
         "tokens_rel_l2": relative_l2(ref["tokens"], tokens),
-        "attn_cls_kl_per_row": kl_per_row(ref["attn_cls"], decode_map(group["views/attn_cls"][:][rows_v])),
+        "attn_cls_kl_per_row": kl_per_row(ref["attn_cls"], decode_map(group["views/attn_cls"][:][rows_v]).numpy()),
     }
     if c:
-        out["crowd_attn_kl_per_row"] = kl_per_row(ref["crowd_attn"], decode_map(group["crowds/attn"][:][rows_c]))
+        out["crowd_attn_kl_per_row"] = kl_per_row(ref["crowd_attn"],
+                                                  decode_map(group["crowds/attn"][:][rows_c]).numpy())
     return out
 
 
 def run_store_bench(ctx: BenchContext) -> dict[str, Any]:
     """Bytes per image / view row on disk and codec error of every precision option."""
-    from dpal_cache.extract.run import load_calibration
     from dpal_cache.store import io as store_io
 
-    extracted = store_io.open_store(str(ctx.store()), "r")
-    calib = load_calibration(extracted, store_io.store_meta(extracted))
+    calib = store_io.read_calibration(store_io.open_store(str(ctx.store()), "r"))
     ref = _reference(ctx.teacher_outputs())
     root = ctx.workdir / "store"
     options: dict[str, dict[str, Any]] = {}

@@ -1,4 +1,4 @@
-"""The targets of issue #7, judged on a suite result: one row per target, met or missed.
+"""The benchmark targets (docs/benchmarks.md), judged on a suite result: one row per target, met or missed.
 
     rows = judge(result["sections"])    # [{"target", "value", "limit", "met"}, ...]
 """
@@ -31,6 +31,15 @@ def judge(sections: dict[str, Any]) -> list[dict[str, Any]]:
         rows.append(_row("extract / bare teacher images/s", extraction["best_ratio_extract_over_teacher"], ">=",
                          0.90, "fastest of each; whole extract() incl. calibration and start-up"))
     loader = sections.get("loader")
+    if loader:
+        rates = {name: loader["samples_per_s"].get(name, {}).get("0")
+                 for name in ("store_targets", "memmap_targets", "zarr_targets")}
+        if rates["store_targets"] and rates["memmap_targets"]:
+            rows.append(_row("store / memmap target reads, 0 workers", rates["store_targets"] / rates["memmap_targets"],
+                             ">=", 0.5, "rows read by byte range vs gathered from numpy memmaps"))
+        if rates["store_targets"] and rates["zarr_targets"]:
+            rows.append(_row("store / zarr per-row target reads, 0 workers",
+                             rates["store_targets"] / rates["zarr_targets"], ">=", 10.0))
     if loader and training:
         two = loader["samples_per_s"]["store"].get("2")
         consumed = training["best_samples_per_s"]["cached"]

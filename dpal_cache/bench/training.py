@@ -37,12 +37,13 @@ MODES = ("cached", "online", "in_memory")
 class InMemoryBatches(Dataset):
     """Serves batches fetched beforehand from a ``StoreDataset``, in turn: the loop without data cost.
 
-    It has the attributes ``run_training`` reads from a dataset (``views``, ``layout``,
-    ``token_stats``, ``meta``, ``seed``), so the same loop runs on it.
+    It has the attributes ``run_training`` reads from a dataset (``views``, ``layout``, ``token_stats``,
+    ``token_scales``, ``meta``, ``seed``, ``groups``), so the same loop runs on it (and decodes its targets).
     """
 
     def __init__(self, dataset, batches: list[dict[str, Any]]):
         self.views, self.layout, self.token_stats = dataset.views, dataset.layout, dataset.token_stats
+        self.token_scales, self.groups = dataset.token_scales, dataset.groups
         self.meta, self.seed, self.n = dataset.meta, dataset.seed, len(dataset)
         self.batches = batches
         self.served = 0
@@ -68,10 +69,11 @@ def _train_config(ctx: BenchContext, run_steps: int, n_images: int, workers: int
 
 
 def _prefetched(store: str, source, batch_size: int, count: int) -> tuple[Any, list[dict[str, Any]]]:
-    from dpal_cache.train.data import EpochSampler, StoreDataset, make_loader
+    from dpal_cache.train.data import StoreDataset, make_loader
+    from dpal_cache.train.sampler import EpochSampler
 
     dataset = StoreDataset(store, source)
-    loader = make_loader(dataset, EpochSampler(len(dataset), batch_size, end_epoch=count + 1), workers=0)
+    loader = make_loader(dataset, EpochSampler(dataset.groups, batch_size, end_epoch=count + 1), workers=0)
     batches = [b for b, _ in zip(loader, range(count))]
     return dataset, batches
 

@@ -80,12 +80,14 @@ def _tables(result: dict[str, Any]) -> list[Table]:
         tables.append(t)
     if "loader" in sections:
         r = sections["loader"]
-        t = Table(title=f"loader: samples/s, batch {r['batch_size']}")
+        t = Table(title=f"loader: samples/s (MB/s of target rows), batch {r['batch_size']}, "
+                        f"{r['bytes_per_sample'] / 1024:.1f} KiB of targets per sample")
         t.add_column("dataset")
         for w in r["workers"]:
             t.add_column(f"{w} workers")
         for name, rates in r["samples_per_s"].items():
-            t.add_row(name, *(_fmt(rates[str(w)]) for w in r["workers"]))
+            mb = r["mb_per_s"][name]
+            t.add_row(name, *(f"{_fmt(rates[str(w)])} ({_fmt(mb[str(w)])})" for w in r["workers"]))
         tables.append(t)
     if "scaling" in sections:
         r = sections["scaling"]

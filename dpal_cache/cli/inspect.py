@@ -89,6 +89,8 @@ def _summary_table(report: dict[str, Any]) -> Table:
                       f"score range [{cal.get('low'):.3g}, {cal.get('high'):.3g}]")
     else:
         table.add_row("calibration", "[yellow]none[/]")
+    if report.get("problems"):
+        table.add_row("[red]problems[/]", "; ".join(report["problems"]) + " (copy the store again, or re-extract it)")
     source = report["source"] or {}
     table.add_row("source", f"{source.get('kind')} {source.get('root') or source.get('db') or ''}, manifest "
                   f"{report['manifest_fingerprint']}")
@@ -174,8 +176,8 @@ def verify_command(
     """
     setup_logging(verbose)
     from dpal_cache.data.sources import SourceError
+    from dpal_cache.extract.verify import verify_store
     from dpal_cache.store.io import StoreError
-    from dpal_cache.store.verify import verify_store
     from dpal_cache.teachers import CheckpointError
 
     try:

@@ -35,7 +35,6 @@ from typing import Any
 from dpal_cache.config import to_dict
 from dpal_cache.data.manifest import manifest_fingerprint, read_manifest
 from dpal_cache.data.sources import data_folder, open_source
-from dpal_cache.extract.calibrate import Calibration
 from dpal_cache.extract.config import ExtractConfig
 from dpal_cache.extract.run import (
     ExtractSession,
@@ -43,13 +42,12 @@ from dpal_cache.extract.run import (
     Progress,
     check_resumable,
     finalize,
-    load_calibration,
     open_or_create_store,
-    write_calibration,
 )
 from dpal_cache.store import io as store_io
-from dpal_cache.store.layout import StoreLayout
+from dpal_cache.store.calibration import Calibration
 from dpal_cache.store.lock import StoreLock
+from dpal_cache.store.meta import StoreMeta
 
 log = logging.getLogger(__name__)
 
@@ -136,11 +134,11 @@ def _session(job: ExtractJob) -> _WorkerSession:
     return entry
 
 
-def _plan_task(job: ExtractJob) -> tuple[StoreLayout, dict[str, Any]]:
-    """The layout and attributes of the store this job writes (as seen by a worker)."""
+def _plan_task(job: ExtractJob) -> StoreMeta:
+    """The metadata of the store this job writes (as seen by a worker)."""
     session = _session(job).session
     # the worker may have been given another GPU; record the config as asked (device is a runtime field)
-    return session.layout, {**session.attrs, "extract_config": to_dict(job.cfg)}
+    return session.meta.replace(extract_config=to_dict(job.cfg))
 
 
 def _calibrate_task(job: ExtractJob) -> Calibration:
@@ -153,12 +151,11 @@ def _block_task(block: int, job: ExtractJob, out: str, storage_options: dict | N
     """Compute and write one block; returns its image and failure counts."""
     entry = _session(job)
     group = store_io.open_store(out, mode="r+", storage_options=storage_options)
-    meta = store_io.store_meta(group)
     # a worker that sees other weights, config or manifest than the coordinator must not write into the store
-    check_resumable(meta, entry.session.attrs)
-    if meta.get("calibration") is None:
+    check_resumable(store_io.read_meta(group, out), entry.session.meta)
+    calib = store_io.read_calibration(group)
+    if calib is None:
         raise store_io.StoreError(f"{out} has no calibration yet; the coordinator writes it before any block")
-    calib = load_calibration(group, meta)
     counts: Counter[str] = Counter()
 
     def count(n: int, failed: int) -> None:
@@ -218,13 +215,14 @@ def extract_distributed(
 
     # the coordinator holds the writer lock for its workers: they write disjoint blocks under it
     with StoreLock(out):
-        layout, attrs = client.submit(_plan_task, job, **opts).result()
+        meta = client.submit(_plan_task, job, **opts).result()
+        layout = meta.layout
         manifest = read_manifest(manifest_path)
-        if manifest_fingerprint(manifest) != attrs["manifest_fingerprint"]:
+        if manifest_fingerprint(manifest) != meta.manifest_fingerprint:
             raise store_io.StoreError(f"the workers read another manifest at {manifest_path} than this process")
-        group = open_or_create_store(out, layout, attrs, manifest, data_folder(data), overwrite, storage_options)
-        if store_io.store_meta(group).get("calibration") is None:
-            write_calibration(group, client.submit(_calibrate_task, job, **opts).result())
+        group = open_or_create_store(out, meta, manifest, data_folder(data), overwrite, storage_options)
+        if store_io.read_calibration(group) is None:
+            store_io.write_calibration(group, client.submit(_calibrate_task, job, **opts).result())
 
         done = store_io.done_blocks(group)
         todo = [b for b in range(layout.n_shards) if not done[b]]

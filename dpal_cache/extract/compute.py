@@ -1,10 +1,9 @@
-"""From rendered batches to the encoded rows of a block: the teacher forward and the codecs.
+"""From rendered batches to the encoded rows of a block: the teacher forward, then the store's codecs.
 
     step = TeacherStep(teacher, device, amp=True, gram=False)
     out = step(batch)                             # float32 numpy teacher outputs of the ok images
     block = BlockBuffer(layout, block_id, cfg)    # zero rows of every per-image array
-    block.add(batch, out, calib)                  # encode (fp16/int8/log8) and place by image index
-    rows = encode_outputs(out, calib, layout)     # the same encoding, by array name, without a block
+    block.add(batch, out, calib)                  # encode (store.codecs) and place by image index
 """
 
 from __future__ import annotations
@@ -15,9 +14,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from dpal_cache.extract.calibrate import Calibration, mask_score
+from dpal_cache.store.calibration import Calibration
+from dpal_cache.store.codecs import encode_outputs
 from dpal_cache.store.layout import STATUS_OK, StoreLayout
-from dpal_cache.store.quant import decode_int8, decode_log8, encode_int8, encode_log8, kl_per_row, relative_l2
 
 
 class TeacherStep:
@@ -59,61 +58,6 @@ class TeacherStep:
             if self.gram:
                 out["crowd_gram"] = res["gram"].float().cpu().numpy()  # (n_ok * C, Lc + 1, Lc + 1)
         return out
-
-
-def encode_map(x: np.ndarray, precision: str) -> np.ndarray:
-    return encode_log8(x) if precision == "log8" else x.astype(np.float16)
-
-
-def decode_map(stored: np.ndarray) -> np.ndarray:
-    """Stored attention maps (fp16 or log8 uint8) -> float32 rows summing to 1."""
-    return decode_log8(stored) if stored.dtype == np.uint8 else stored.astype(np.float32)
-
-
-def encode_tokens(tokens: np.ndarray, precision: str, scales: np.ndarray) -> np.ndarray:
-    """(N, 1 + L, D) float32 -> stored dtype; int8 uses ``scales`` (2, D): class row, patch row."""
-    if precision != "int8":
-        return tokens.astype(np.float16)
-    return np.concatenate([encode_int8(tokens[:, :1], scales[0]), encode_int8(tokens[:, 1:], scales[1])], axis=1)
-
-
-def decode_tokens(stored: np.ndarray, scales: np.ndarray) -> np.ndarray:
-    """Stored tokens (N, 1 + L, D) (fp16 or int8) -> float32."""
-    if stored.dtype != np.int8:
-        return stored.astype(np.float32)
-    return np.concatenate([decode_int8(stored[:, :1], scales[0]), decode_int8(stored[:, 1:], scales[1])], axis=1)
-
-
-def encode_outputs(out: dict[str, np.ndarray], calib: Calibration, layout: StoreLayout,
-                   mask_at_extract: float | None = None) -> dict[str, np.ndarray]:
-    """``TeacherStep`` outputs -> their stored rows by array name, at the layout's precisions: tokens
-    (background patches zeroed with ``mask_at_extract``), class attention, mask score, and the crowd
-    maps present in ``out``. Extraction and online mode both encode with this."""
-    encoded = {}
-    if "tokens" in out:
-        tokens = out["tokens"]
-        score = mask_score(tokens[:, 1:], calib)  # (rows, L)
-        if mask_at_extract is not None:
-            tokens = tokens.copy()
-            tokens[:, 1:] *= (score > mask_at_extract)[..., None]
-        encoded["views/tokens"] = encode_tokens(tokens, layout.token_precision, calib.token_scales)
-        encoded["views/attn_cls"] = encode_map(out["attn_cls"], layout.map_precision)
-        encoded["views/mask_score"] = score.astype(np.float16)
-    for key, name in (("crowd_attn", "crowds/attn"), ("crowd_gram", "crowds/gram")):
-        if key in out:
-            encoded[name] = encode_map(out[key], layout.map_precision)
-    return encoded
-
-
-def measure_precision(layout: StoreLayout, scales: np.ndarray, tokens: np.ndarray, maps: dict[str, np.ndarray]
-                      ) -> dict[str, float]:
-    """Error of the store's codecs on float32 teacher outputs (the calibration pass's): relative L2
-    of tokens, mean KL per row of each attention map kind (0 where nothing is lossy beyond fp16)."""
-    out = {"tokens_rel_l2": relative_l2(tokens, decode_tokens(encode_tokens(tokens, layout.token_precision, scales),
-                                                              scales))}
-    for name, x in maps.items():
-        out[f"{name}_kl_per_row"] = kl_per_row(x, decode_map(encode_map(x, layout.map_precision)))
-    return out
 
 
 class BlockBuffer:

@@ -11,7 +11,6 @@ dask worker that owns one block run the teacher on exactly the same batches.
 
 from __future__ import annotations
 
-import functools
 import multiprocessing
 from multiprocessing.context import BaseContext
 from typing import Any
@@ -20,36 +19,13 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from dpal_cache.data.backgrounds import Backgrounds
 from dpal_cache.data.catalog import Catalog, ImageUnavailable
-from dpal_cache.data.decode import DecodeConfig, decode_rgb
-from dpal_cache.data.sources import ImageSource
 from dpal_cache.store.layout import STATUS_FAILED, STATUS_OK, STATUS_SKIPPED, StoreLayout
 from dpal_cache.views.config import ViewsConfig
 from dpal_cache.views.crowd import RECIPE_LEN, CrowdRecipe, image_crowd_recipes, render_crowd
 from dpal_cache.views.params import PARAM_LEN, image_view_params
 from dpal_cache.views.render import render_view
-
-
-class Backgrounds:
-    """The optional crowd background folder, decoded like the images (the store's DecodeConfig).
-
-    ``sizes`` (drawing recipes needs them) decodes every background once, on first use; replaying
-    stored recipes only loads the backgrounds it uses.
-    """
-
-    def __init__(self, source: ImageSource, decode: DecodeConfig = DecodeConfig()):
-        self.source = source
-        self.decode = decode
-
-    @functools.cached_property
-    def sizes(self) -> np.ndarray:
-        return np.asarray([self.load(i).shape[:2] for i in range(len(self.source))], dtype=np.int64)
-
-    def __len__(self) -> int:
-        return len(self.source)
-
-    def load(self, index: int) -> np.ndarray:
-        return decode_rgb(self.source.read(index), self.decode)
 
 
 class ExtractItems(Dataset):

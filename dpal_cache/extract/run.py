@@ -31,17 +31,20 @@ from torch.utils.data import DataLoader
 
 from dpal_cache import __version__
 from dpal_cache.config import differences, to_dict
+from dpal_cache.data.backgrounds import Backgrounds
 from dpal_cache.data.catalog import Catalog
 from dpal_cache.data.manifest import manifest_fingerprint
 from dpal_cache.data.sources import FolderSource, ImageSource, SourceError
-from dpal_cache.extract.calibrate import Calibration, fit_calibration
-from dpal_cache.extract.compute import BlockBuffer, TeacherStep, measure_precision
+from dpal_cache.extract.compute import BlockBuffer, TeacherStep
 from dpal_cache.extract.config import RUNTIME_FIELDS, ExtractConfig
-from dpal_cache.extract.items import Backgrounds, ExtractItems, block_batches, collate, worker_context
+from dpal_cache.extract.items import ExtractItems, block_batches, collate, worker_context
 from dpal_cache.outputs import OutputRefused, check_apart
 from dpal_cache.store import io as store_io
+from dpal_cache.store.calibration import Calibration, fit_calibration
+from dpal_cache.store.codecs import measure_precision
 from dpal_cache.store.layout import FORMAT_VERSION, STATUS_OK, StoreLayout
 from dpal_cache.store.lock import StoreLock
+from dpal_cache.store.meta import PrecisionInfo, StoreMeta
 from dpal_cache.views.crowd import RECIPE_LEN
 from dpal_cache.views.params import PARAM_LEN
 
@@ -102,35 +105,31 @@ def make_layout(cfg: ExtractConfig, n_images: int, teacher) -> StoreLayout:
     )
 
 
-def store_attrs(cfg: ExtractConfig, layout: StoreLayout, teacher, manifest: pa.Table, source: ImageSource,
-                autocast: str = "none") -> dict:
-    """The store's attributes. ``autocast`` (bf16 on CUDA, else none) joins the identity: a store
+def new_store_meta(cfg: ExtractConfig, layout: StoreLayout, teacher, manifest: pa.Table, source: ImageSource,
+                   autocast: str = "none") -> StoreMeta:
+    """The metadata of a new store. ``autocast`` (bf16 on CUDA, else none) joins the identity: a store
     must not mix blocks computed in bf16 with blocks computed in fp32."""
-    return {
-        "format_version": FORMAT_VERSION,
-        "dpal_cache_version": __version__,
-        "complete": False,
-        "layout": to_dict(layout),
-        "teacher": teacher.describe(),
-        "views": to_dict(cfg.views),
-        "seed": cfg.views.seed,
-        "precision": {"tokens": cfg.token_precision, "maps": cfg.map_precision,
-                      "mask_at_extract": cfg.mask_at_extract},
-        "identity": {**store_identity(cfg), "autocast": autocast},
-        "extract_config": to_dict(cfg),
-        "manifest_fingerprint": manifest_fingerprint(manifest),
-        "source": source.describe(),
-        "calibration": None,
-    }
+    return StoreMeta(
+        format_version=FORMAT_VERSION,
+        dpal_cache_version=__version__,
+        layout=layout,
+        teacher=teacher.describe(),
+        views=to_dict(cfg.views),
+        precision=PrecisionInfo(cfg.token_precision, cfg.map_precision, cfg.mask_at_extract),
+        identity={**store_identity(cfg), "autocast": autocast},
+        extract_config=to_dict(cfg),
+        manifest_fingerprint=manifest_fingerprint(manifest),
+        source=source.describe(),
+    )
 
 
-def check_resumable(meta: dict, attrs: dict) -> None:
+def check_resumable(stored: StoreMeta, new: StoreMeta) -> None:
     """Refuse to resume a store whose stored values would differ from this run's."""
-    old = {"config": meta.get("identity", {}), "layout": meta.get("layout", {}), "teacher": meta.get("teacher", {}),
-           "manifest_fingerprint": meta.get("manifest_fingerprint")}
-    new = {"config": attrs["identity"], "layout": attrs["layout"], "teacher": attrs["teacher"],
-           "manifest_fingerprint": attrs["manifest_fingerprint"]}
-    diffs = differences(old, new, labels=("store has", "this run has"))
+    def what(meta: StoreMeta) -> dict[str, Any]:
+        return {"config": meta.identity, "layout": to_dict(meta.layout), "teacher": meta.teacher,
+                "manifest_fingerprint": meta.manifest_fingerprint}
+
+    diffs = differences(what(stored), what(new), labels=("store has", "this run has"))
     if diffs:
         raise store_io.StoreError(
             "the existing store was made differently; resume would mix targets:\n  "
@@ -149,9 +148,10 @@ def check_store_apart(out, image_folder: Path | None) -> None:
         raise store_io.StoreError(str(exc)) from None
 
 
-def open_or_create_store(out: str, layout: StoreLayout, attrs: dict, manifest: pa.Table, image_folder: Path | None,
+def open_or_create_store(out: str, meta: StoreMeta, manifest: pa.Table, image_folder: Path | None,
                          overwrite: bool = False, storage_options: dict | None = None):
-    """Open the store at ``out`` to resume it (refusing a mismatch), or create it; the caller holds its lock.
+    """Open the store at ``out`` to resume it (refusing a mismatch), or create it with ``meta``; the caller
+    holds its lock.
 
     Refused before anything is written: ``out`` inside ``image_folder`` (or holding it), and a location that
     holds something other than a dpal-cache store (``store_io.check_store_location``).
@@ -164,29 +164,14 @@ def open_or_create_store(out: str, layout: StoreLayout, attrs: dict, manifest: p
         except store_io.StoreMissing:
             pass
     if group is None:
-        group = store_io.create_store(out, layout, attrs, storage_options,
-                                      files={"manifest.parquet": _manifest_bytes(manifest)})
+        group = store_io.create_store(out, meta, storage_options, files={"manifest.parquet": _manifest_bytes(manifest)})
     else:
-        check_resumable(store_io.store_meta(group), attrs)
+        check_resumable(store_io.read_meta(group, out), meta)
         store_io.remove_partial_files(out)  # the caller holds the writer lock
         log.info("resuming %s", out)
     # the resolved config of this run, readable next to the arrays (any store: local or remote)
-    store_io.put_bytes(group, "extract.yaml", yaml.safe_dump(attrs["extract_config"], sort_keys=False).encode())
+    store_io.put_bytes(group, "extract.yaml", yaml.safe_dump(meta.extract_config, sort_keys=False).encode())
     return group
-
-
-def load_calibration(group, meta: dict) -> Calibration:
-    c = meta["calibration"]
-    return Calibration(
-        component=group["calibration/pca_component"][:],
-        mean=group["calibration/pca_mean"][:],
-        low=c["low"],
-        high=c["high"],
-        explained=c["explained_variance"],
-        token_scales=group["calibration/token_scales"][:],
-        token_stats=group["calibration/token_stats"][:],
-        images=c["images"],
-    )
 
 
 def _manifest_bytes(manifest: pa.Table) -> bytes:
@@ -224,11 +209,11 @@ class ExtractSession:
         self.layout = make_layout(cfg, len(catalog), self.teacher)
         self.step = TeacherStep(self.teacher, self.device, amp=cfg.amp, gram=cfg.gram)
         autocast = "bf16" if self.step.amp else "none"
-        self.attrs = store_attrs(cfg, self.layout, self.teacher, manifest, source, autocast)
+        self.meta = new_store_meta(cfg, self.layout, self.teacher, manifest, source, autocast)
 
     def open_or_create(self, out: str, overwrite: bool = False, storage_options: dict | None = None):
         """``open_or_create_store`` for this session's layout, attributes, manifest and images."""
-        return open_or_create_store(out, self.layout, self.attrs, self.manifest, self.source.folder(), overwrite,
+        return open_or_create_store(out, self.meta, self.manifest, self.source.folder(), overwrite,
                                     storage_options)
 
     def calibrate(self, workers: int = 0) -> Calibration:
@@ -277,11 +262,10 @@ class ExtractSession:
 
     def ensure_calibration(self, group, workers: int = 0) -> Calibration:
         """The store's calibration, fitted and written first if it has none yet."""
-        meta = store_io.store_meta(group)
-        if meta.get("calibration") is not None:
-            return load_calibration(group, meta)
-        calib = self.calibrate(workers)
-        write_calibration(group, calib)
+        calib = store_io.read_calibration(group)
+        if calib is None:
+            calib = self.calibrate(workers)
+            store_io.write_calibration(group, calib)
         return calib
 
     def _loader(self, batches: list[list[int]], workers: int) -> DataLoader:
@@ -344,23 +328,13 @@ def write_block_and_failures(group, layout: StoreLayout, block: int, arrays: dic
     store_io.write_block(group, layout, block, arrays)
 
 
-def write_calibration(group, calib: Calibration) -> None:
-    store_io.write_calibration(
-        group,
-        {"pca_component": calib.component, "pca_mean": calib.mean, "token_scales": calib.token_scales,
-         "token_stats": calib.token_stats},
-    )
-    precision = {**store_io.store_meta(group).get("precision", {}), "measured": calib.measured}
-    store_io.update_meta(group, calibration=calib.attrs(), precision=precision)
-
-
 def finalize(group) -> bool:
     """Once every block is done: record completion and consolidate metadata. Returns completeness."""
     if not store_io.done_blocks(group).all():
         return False
     status = group["images/status"][:]
-    store_io.update_meta(group, complete=True, images_ok=int((status == STATUS_OK).sum()),
-                         images_not_cached=int((status != STATUS_OK).sum()))
+    store_io.write_meta(group, store_io.read_meta(group).replace(
+        complete=True, images_ok=int((status == STATUS_OK).sum()), images_not_cached=int((status != STATUS_OK).sum())))
     store_io.consolidate(group)
     return True
 

@@ -1,9 +1,10 @@
 """What a feature store holds and what it costs: the numbers behind ``dpal-cache info``.
 
-Reads only metadata, the small per-block arrays (``shards/done``, ``images/status``,
-``calibration/*``) and object sizes from the store's own listing, so it is cheap on a remote
-store too. Bytes "on disk" are the sizes of the stored objects (compressed shards and
-metadata documents); "uncompressed" is what the written rows hold in memory.
+Opens the store through ``StoreReader`` (which reads metadata, the small per-block arrays and the
+store's listing, never a row), and counts object sizes from the store's own listing, so it is cheap on
+a remote store too. Bytes "on disk" are the sizes of the stored objects (shards and metadata
+documents); "uncompressed" is what the written rows hold in memory. A store that disagrees with its
+layout is described anyway, with its ``problems``.
 
     report = store_report("feats.zarr")
     report["completion"]["blocks_done"], report["bytes"]["per_image"]
@@ -17,9 +18,10 @@ from typing import Any
 
 import numpy as np
 
-from dpal_cache.config import from_dict
-from dpal_cache.store.io import done_blocks, open_store, read_failures, store_meta
+from dpal_cache.config import to_dict
 from dpal_cache.store.layout import STATUS_FAILED, STATUS_OK, STATUS_PENDING, STATUS_SKIPPED, StoreLayout
+from dpal_cache.store.meta import StoreMeta
+from dpal_cache.store.reader import StoreReader
 
 
 async def _object_sizes(store, prefix: str, concurrency: int = 64) -> dict[str, int]:
@@ -44,20 +46,14 @@ def object_sizes(group) -> dict[str, int]:
     return {key[len(prefix):]: size for key, size in sizes.items()}
 
 
-def store_layout(meta: dict[str, Any]) -> StoreLayout:
-    """The store's :class:`StoreLayout`, rebuilt from its attributes."""
-    return from_dict(StoreLayout, meta["layout"])
-
-
 def written_images(layout: StoreLayout, done: np.ndarray) -> int:
     """Images in blocks whose done flag is set."""
     return sum(len(layout.shard_images_range(int(b))) for b in np.flatnonzero(done))
 
 
-def completion(group, layout: StoreLayout) -> dict[str, Any]:
+def completion(reader: StoreReader) -> dict[str, Any]:
     """Blocks done of total, and images by status code (pending = in blocks not written yet)."""
-    done = done_blocks(group)
-    status = group["images/status"][:]
+    layout, done, status = reader.layout, reader.done, reader.status
     return {
         "blocks_done": int(done.sum()),
         "blocks_total": int(len(done)),
@@ -70,7 +66,7 @@ def completion(group, layout: StoreLayout) -> dict[str, Any]:
         "complete": bool(done.all()),
         # "stage: reason" -> count, from the failure records of the written blocks
         "not_cached_by_reason": dict(Counter(f"{r.get('stage')}: {r['reason']}"
-                                             for r in read_failures(group).values()).most_common()),
+                                             for r in reader.failures().values()).most_common()),
     }
 
 
@@ -108,8 +104,8 @@ def _per_row(rows: list[dict], prefix: str, n_rows: int) -> float | None:
     return stored / n_rows if n_rows else None
 
 
-def _views_summary(meta: dict[str, Any], layout: StoreLayout) -> dict[str, Any]:
-    views = meta["views"]
+def _views_summary(meta: StoreMeta, layout: StoreLayout) -> dict[str, Any]:
+    views = meta.views
     return {
         "seed": views["seed"],
         "views_per_image": layout.views_per_image,
@@ -124,17 +120,13 @@ def _views_summary(meta: dict[str, Any], layout: StoreLayout) -> dict[str, Any]:
     }
 
 
-def _precision(group, meta: dict[str, Any], layout: StoreLayout) -> dict[str, Any]:
-    prec = dict(meta.get("precision", {}))
-    out = {
-        "tokens": prec.get("tokens", layout.token_precision),
-        "maps": prec.get("maps", layout.map_precision),
-        "mask_at_extract": prec.get("mask_at_extract"),
-        # info runs no teacher: a measured error is shown only when the store recorded one
-        "measured": prec.get("measured"),
-    }
-    if out["tokens"] == "int8" and meta.get("calibration") is not None:
-        scales = np.asarray(group["calibration/token_scales"][:], dtype=np.float64)
+def _precision(reader: StoreReader) -> dict[str, Any]:
+    prec = reader.meta.precision
+    # info runs no teacher: a measured error is shown only when the store recorded one
+    out = {"tokens": prec.tokens, "maps": prec.maps, "mask_at_extract": prec.mask_at_extract,
+           "measured": prec.measured}
+    if prec.tokens == "int8" and reader.calibration is not None:
+        scales = np.asarray(reader.calibration.token_scales, dtype=np.float64)
         out["int8_scales"] = {"min": float(scales.min()), "median": float(np.median(scales)),
                               "max": float(scales.max())}
     return out
@@ -147,10 +139,9 @@ def store_report(url: str, storage_options: dict | None = None) -> dict[str, Any
     written rows in memory (``bytes_uncompressed_written``), so the compression ratio of a
     partly written store is that of its written blocks.
     """
-    group = open_store(url, mode="r", storage_options=storage_options)
-    meta = store_meta(group)
-    layout = store_layout(meta)
-    done = completion(group, layout)
+    reader = StoreReader(url, storage_options=storage_options, complete=False, check=False)
+    group, meta, layout = reader.group, reader.meta, reader.layout
+    done = completion(reader)
     sizes = object_sizes(group)
     arrays = _array_rows(group, layout, sizes, done["images_written"])
     in_arrays = {k for k in sizes if any(k.startswith(r["path"] + "/") for r in arrays)}
@@ -158,9 +149,10 @@ def store_report(url: str, storage_options: dict | None = None) -> dict[str, Any
     n_written = done["images_written"]
     return {
         "url": url,
-        "format_version": meta.get("format_version"),
-        "dpal_cache_version": meta.get("dpal_cache_version"),
-        "complete_attr": bool(meta.get("complete", False)),
+        "format_version": meta.format_version,
+        "dpal_cache_version": meta.dpal_cache_version,
+        "complete_attr": meta.complete,
+        "problems": reader.problems,
         "completion": done,
         "arrays": arrays,
         "bytes": {
@@ -173,12 +165,12 @@ def store_report(url: str, storage_options: dict | None = None) -> dict[str, Any
             "per_crowd_row": _per_row(per_image_rows, "crowds/", n_written * layout.crowds_per_image),
             "per_image_uncompressed": layout.bytes_per_image(),
         },
-        "layout": meta["layout"],
-        "teacher": meta.get("teacher"),
+        "layout": to_dict(layout),
+        "teacher": meta.teacher,
         "views": _views_summary(meta, layout),
-        "precision": _precision(group, meta, layout),
-        "calibration": meta.get("calibration"),
-        "manifest_fingerprint": meta.get("manifest_fingerprint"),
-        "source": meta.get("source"),
-        "extract_config": meta.get("extract_config"),
+        "precision": _precision(reader),
+        "calibration": to_dict(meta.calibration) if meta.calibration is not None else None,
+        "manifest_fingerprint": meta.manifest_fingerprint,
+        "source": meta.source,
+        "extract_config": meta.extract_config,
     }

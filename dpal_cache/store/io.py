@@ -12,6 +12,7 @@ simply written again on resume. Metadata is consolidated once at the end.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
@@ -25,7 +26,10 @@ import numpy as np
 import zarr
 import zarr.codecs
 
-from dpal_cache.store.layout import FORMAT_VERSION, STATUS_OK, StoreLayout
+from dpal_cache.store.calibration import Calibration
+from dpal_cache.store.errors import StoreError, StoreMissing, StoreWriteError
+from dpal_cache.store.layout import STATUS_OK, StoreLayout
+from dpal_cache.store.meta import StoreMeta
 
 log = logging.getLogger(__name__)
 
@@ -34,18 +38,6 @@ ATTRS_KEY = "dpal_cache"
 CREATING_KEY = "dpal_cache_creating"
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-class StoreError(Exception):
-    """A store is missing, of another format, or does not match what is asked of it."""
-
-
-class StoreMissing(StoreError):
-    """No store at the path yet (or only one whose creation was interrupted): extract creates it."""
-
-
-class StoreWriteError(StoreError):
-    """A write into the store failed (disk full, permissions, storage errors); re-running resumes."""
 
 
 def _writes(what: str) -> Callable[[F], F]:
@@ -72,17 +64,17 @@ def _options(storage_options: dict | None) -> dict:
     return {"storage_options": storage_options} if storage_options else {}
 
 
-def _compressor(name: str) -> zarr.codecs.ZstdCodec:
-    # tokens are near-incompressible noise: zstd level 1 for speed; maps gain ~2x at level 3
-    return zarr.codecs.ZstdCodec(level=1 if name.endswith("tokens") else 3)
-
-
 def local_store_path(url) -> Path | None:
-    """The folder of a local store (a path, a ``file://`` URL or a zarr ``LocalStore``), else None."""
-    from zarr.storage import LocalStore
+    """The folder of a local store (a path, a ``file://`` URL, a zarr ``LocalStore`` or an fsspec store on the
+    local filesystem), else None."""
+    from zarr.storage import FsspecStore, LocalStore
 
     if isinstance(url, LocalStore):
         return Path(url.root)
+    if isinstance(url, FsspecStore):
+        protocol = url.fs.protocol
+        local = "file" in (protocol if isinstance(protocol, (tuple, list)) else (protocol,))
+        return Path(url.path) if local else None
     if isinstance(url, os.PathLike):
         return Path(url)
     if not isinstance(url, str):
@@ -172,7 +164,7 @@ def check_store_location(url, storage_options: dict | None = None) -> None:
 
 
 @_writes("the arrays and attributes")
-def create_store(url: str, layout: StoreLayout, attrs: dict[str, Any], storage_options: dict | None = None,
+def create_store(url: str, meta: StoreMeta, storage_options: dict | None = None,
                  files: dict[str, bytes] | None = None):
     """Create a store with every array of ``layout`` preallocated, replacing an earlier dpal-cache store at
     ``url`` (anything else there is refused: ``check_store_location``).
@@ -183,54 +175,47 @@ def create_store(url: str, layout: StoreLayout, attrs: dict[str, Any], storage_o
     check_store_location(url, storage_options)
     group = zarr.open_group(url, mode="w", zarr_format=3, attributes={CREATING_KEY: True},
                             **_options(storage_options))
-    for name, spec in layout.arrays().items():
+    for name, spec in meta.layout.arrays().items():
         group.create_array(
             name,
             shape=spec.shape,
             chunks=spec.chunks,
             shards=spec.shards,
             dtype=spec.dtype,
-            compressors=_compressor(name),
+            # per-row arrays are read by byte range (store/rows.py): raw rows, no decompression on the hot path
+            compressors=zarr.codecs.ZstdCodec(level=3) if spec.compressed else None,
             fill_value=0,
         )
     for key, data in (files or {}).items():
         put_bytes(group, key, data)
-    group.attrs.put({ATTRS_KEY: attrs})  # replaces the creation marker: the store exists from here on
+    group.attrs.put({ATTRS_KEY: meta.to_attrs()})  # replaces the creation marker: the store exists from here on
     return group
 
 
 def open_store(url: str, mode: str = "r", storage_options: dict | None = None):
-    """Open a dpal-cache store, refusing anything that is not one of this format version."""
+    """Open a dpal-cache store, refusing anything that is not one of this format version (``read_meta``)."""
     try:
         group = zarr.open_group(url, mode=mode, **_options(storage_options))
     except (FileNotFoundError, zarr.errors.GroupNotFoundError) as exc:
         raise StoreMissing(f"no feature store at {url} ({exc})") from None
-    meta = group.attrs.get(ATTRS_KEY)
-    if not isinstance(meta, dict) and group.attrs.get(CREATING_KEY):
+    attrs = group.attrs.get(ATTRS_KEY)
+    if not isinstance(attrs, dict) and group.attrs.get(CREATING_KEY):
         raise StoreMissing(f"no feature store at {url} yet: its creation was interrupted before any data was written")
-    if not isinstance(meta, dict):
+    if not isinstance(attrs, dict):
         raise StoreError(f"{url} is a Zarr group but not a dpal-cache store (no '{ATTRS_KEY}' attributes)")
-    version = meta.get("format_version")
-    if version != FORMAT_VERSION:
-        raise StoreError(
-            f"{url} has store format version {version!r}; this dpal-cache reads version {FORMAT_VERSION}. "
-            "Re-extract it with this version, or use the dpal-cache version that wrote it "
-            f"({meta.get('dpal_cache_version', 'unknown')})."
-        )
+    StoreMeta.from_attrs(attrs, str(url))  # the format version, before anything else is read
     return group
 
 
-def store_meta(group) -> dict[str, Any]:
-    """The store's own attributes (``attrs['dpal_cache']``)."""
-    return dict(group.attrs[ATTRS_KEY])
+def read_meta(group, url: str | None = None) -> StoreMeta:
+    """The store's metadata (``attrs['dpal_cache']``), parsed."""
+    return StoreMeta.from_attrs(group.attrs.get(ATTRS_KEY), url or str(group.store_path))
 
 
 @_writes("the attributes")
-def update_meta(group, **fields: Any) -> None:
-    """Rewrite some top-level attribute fields (coordinator only: attrs are one JSON document)."""
-    meta = store_meta(group)
-    meta.update(fields)
-    group.attrs.put({ATTRS_KEY: meta})
+def write_meta(group, meta: StoreMeta) -> None:
+    """Replace the store's metadata (coordinator only: attributes are one JSON document)."""
+    group.attrs.put({ATTRS_KEY: meta.to_attrs()})
 
 
 def done_blocks(group) -> np.ndarray:
@@ -306,10 +291,23 @@ def write_block(group, layout: StoreLayout, block: int, arrays: dict[str, np.nda
     group["shards/done"][block] = 1
 
 
+def read_calibration(group) -> Calibration | None:
+    """The store's calibration (arrays and metadata), or None before the calibration pass wrote it."""
+    meta = read_meta(group)
+    if meta.calibration is None:
+        return None
+    arrays = {name: group[f"calibration/{name}"][:] for name in Calibration.ARRAYS}
+    return Calibration.from_store(arrays, meta.calibration, meta.precision.measured)
+
+
 @_writes("the calibration")
-def write_calibration(group, arrays: dict[str, np.ndarray]) -> None:
-    for name, value in arrays.items():
+def write_calibration(group, calib: Calibration) -> None:
+    """The calibration's arrays, then its scalars and measured codec error into the metadata (coordinator)."""
+    for name, value in calib.arrays().items():
         group[f"calibration/{name}"][:] = value
+    meta = read_meta(group)
+    write_meta(group, meta.replace(calibration=calib.info,
+                                   precision=dataclasses.replace(meta.precision, measured=calib.measured)))
 
 
 @_writes("a file")

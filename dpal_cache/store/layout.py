@@ -1,10 +1,11 @@
-"""The feature store's array layout (format version 1): names, shapes, chunks, shards, dtypes.
+"""The feature store's array layout (format version 2): names, shapes, chunks, shards, dtypes, codecs.
 
 Rows: view row = image * V + view; crowd row = image * C + crowd. Every array that grows with
 the data is split into blocks of ``shard_images`` whole images; a block is written whole, by one
-task, in one assignment per array, then ``shards/done[block]`` is set. Training reads one row
-per chunk, so big per-row arrays use one-row chunks grouped into shards; small per-row arrays
-(params, recipes, status) use one chunk per block and are read whole into memory.
+task, in one assignment per array, then ``shards/done[block]`` is set. Training reads rows by byte
+range (store/rows.py), so the big per-row arrays (tokens, masks, maps) use one-row chunks grouped
+into one shard per block, stored raw (uncompressed: a read is a plain copy); small per-row arrays
+(params, recipes, status) use one zstd chunk per block and are read whole into memory.
 
 See docs/store-format.md for the meaning of every array and attribute.
 """
@@ -18,7 +19,7 @@ import numpy as np
 from dpal_cache.config import check
 from dpal_cache.store.quant import MAP_PRECISIONS, TOKEN_PRECISIONS
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 # images/status codes
 STATUS_PENDING = 0  # block not written yet
@@ -34,6 +35,15 @@ class ArraySpec:
     shards: tuple[int, ...] | None
     dtype: str
     rows_per_image: int = 0  # 0: not a per-image array (done flags, calibration)
+
+    @property
+    def compressed(self) -> bool:
+        """zstd for whole-chunk arrays; the sharded row arrays are raw (read by byte range, never decoded)."""
+        return self.shards is None
+
+    @property
+    def row_bytes(self) -> int:
+        return int(np.prod(self.shape[1:], dtype=np.int64)) * np.dtype(self.dtype).itemsize
 
 
 @dataclass(frozen=True)
@@ -110,7 +120,8 @@ class StoreLayout:
 
     def bytes_per_image(self) -> int:
         """Uncompressed bytes one image adds to the store (all its rows)."""
-        return sum(
-            spec.rows_per_image * int(np.prod(spec.shape[1:], dtype=np.int64)) * np.dtype(spec.dtype).itemsize
-            for spec in self.arrays().values()
-        )
+        return sum(spec.rows_per_image * spec.row_bytes for spec in self.arrays().values())
+
+    def row_arrays(self) -> list[str]:
+        """The sharded per-row arrays (what training reads by byte range)."""
+        return [name for name, spec in self.arrays().items() if spec.shards is not None]

@@ -13,11 +13,15 @@ Attention maps (``views/attn_cls``, ``crowds/attn``; rows are probability distri
   [LOG8_EPS, 1] evenly in log(p). Decoding renormalises each row to sum 1.
 
     q = encode_log8(attn); back = decode_log8(q)   # KL(attn || back) per row ~ 2e-4
+
+Encoders are numpy (extraction encodes on the host); decoders are torch on any device (training decodes
+on the device the model runs on, from the stored dtype: fewer bytes cross to it).
 """
 
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 TOKEN_PRECISIONS = ("fp16", "int8")
 MAP_PRECISIONS = ("fp16", "log8")
@@ -43,7 +47,7 @@ def fit_int8_scales(x: np.ndarray, max_rows: int = 16384, ratios: int = 24) -> n
     best = int8_scales(absmax)
     for r in np.linspace(0.25, 1.0, ratios):
         scales = int8_scales(absmax * r)
-        err = ((decode_int8(encode_int8(x, scales), scales) - x) ** 2).sum(axis=0)
+        err = ((encode_int8(x, scales).astype(np.float32) * scales - x) ** 2).sum(axis=0)  # round trip, in numpy
         better = err < best_err
         best_err[better] = err[better]
         best[better] = scales[better]
@@ -56,8 +60,11 @@ def encode_int8(x: np.ndarray, scales: np.ndarray) -> np.ndarray:
     return np.clip(q, -127, 127).astype(np.int8)
 
 
-def decode_int8(q: np.ndarray, scales: np.ndarray) -> np.ndarray:
-    return q.astype(np.float32) * scales
+def decode_int8(q, scales) -> torch.Tensor:
+    """int8 codes (numpy or torch, any device) -> float32 ``q * scales``: one IEEE multiply, the same bits on
+    every device."""
+    q = torch.as_tensor(q)
+    return q.to(torch.float32) * torch.as_tensor(scales, dtype=torch.float32, device=q.device)
 
 
 def encode_log8(p: np.ndarray) -> np.ndarray:
@@ -69,14 +76,18 @@ def encode_log8(p: np.ndarray) -> np.ndarray:
     return code.astype(np.uint8)
 
 
-def decode_log8(code: np.ndarray, renormalise: bool = True) -> np.ndarray:
-    """uint8 log codes -> float32 probabilities; rows (last axis) renormalised to sum 1."""
-    code = np.asarray(code)
-    p = np.exp((code.astype(np.float64) - 1.0) / 254.0 * _LOG8_SPAN - _LOG8_SPAN)
-    p = np.where(code == 0, 0.0, p)
+# the probability of each code: a gather decodes (the same values on every device); code 0 is 0
+LOG8_VALUES = np.where(np.arange(256) == 0, 0.0, np.exp((np.arange(256) - 1.0) / 254.0 * _LOG8_SPAN - _LOG8_SPAN))
+
+
+def decode_log8(code, renormalise: bool = True) -> torch.Tensor:
+    """uint8 log codes (numpy or torch, any device) -> float32 probabilities; rows (last axis) renormalised
+    to sum 1 (in float64)."""
+    code = torch.as_tensor(code)
+    p = torch.as_tensor(LOG8_VALUES, device=code.device)[code.long()]
     if renormalise:
-        p = p / np.maximum(p.sum(axis=-1, keepdims=True), 1e-30)
-    return p.astype(np.float32)
+        p = p / p.sum(dim=-1, keepdim=True).clamp_min(1e-30)
+    return p.to(torch.float32)
 
 
 # float32 rounding noise of a teacher output is relative to its row's scale (a token's largest channel,

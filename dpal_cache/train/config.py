@@ -48,6 +48,7 @@ class TrainConfig:
     max_steps: int | None = None  # stop after this many optimizer steps (the schedule still spans `epochs`)
     batch_size: int = 256  # per process
     workers: int = 4  # DataLoader workers per process
+    shuffle_window: int = 64  # store blocks whose images are shuffled together each epoch; 0 = one order over all
     seed: int = 0  # model init and data order (views come from the store's own seed)
     amp: bool = True  # bf16 autocast on CUDA
     ema_decay: float | None = None  # keep an EMA of the student (e.g. 0.996); null = none
@@ -64,6 +65,7 @@ class TrainConfig:
         check(self.max_steps is None or self.max_steps >= 1, "max_steps", "must be >= 1 or null")
         check(self.batch_size >= 1, "batch_size", "must be >= 1")
         check(self.workers >= 0, "workers", "must be >= 0")
+        check(self.shuffle_window >= 0, "shuffle_window", "must be >= 0 (0 = one random order over all images)")
         check(self.ema_decay is None or 0 < self.ema_decay < 1, "ema_decay", "must be in (0, 1) or null")
         check(self.checkpoint_every >= 1, "checkpoint_every", "must be >= 1")
         check(self.log_every >= 1, "log_every", "must be >= 1")

@@ -1,40 +1,37 @@
 """Training samples from a feature store: cached teacher targets plus re-rendered student inputs.
 
 Per sample (one usable image): one of its cached global views, picked per epoch from
-(seed, epoch, index) and re-rendered from its stored parameters (bitwise the pixels the
-teacher saw); fresh student-only local crops from (seed, epoch, index, crop); one of its crowd
-images re-rendered from its stored recipe; and the cached targets of that view and crowd.
+(seed, epoch, index) and re-rendered from its stored parameters (on the extracting machine, the
+pixels the teacher saw); fresh student-only local crops from (seed, epoch, index, crop); one of its
+crowd images re-rendered from its recipe; and the cached target rows of that view and crowd, as
+stored (fp16 / int8 / log8 codes): ``codecs.decode_targets`` decodes them on the training device.
 
-Reading follows docs/store-format.md and the measured rules in shared/notes/store.md: the
-store is opened lazily in each worker process, a whole batch is fetched with one gathered
-async read per array (``__getitems__``), small per-row arrays (parameters, recipes, status)
-live in memory as numpy arrays. The epoch travels inside the sampled indices
-(``epoch * n + k``), so persistent workers never need to be told about a new epoch.
+Reading goes through ``StoreReader`` (checks on open, rows read many per I/O, small per-row arrays in
+numpy). The epoch travels inside the sampled indices (``epoch * n + k``, ``train.sampler``), so
+persistent workers never need to be told about a new epoch.
 
     ds = StoreDataset("feats.zarr", open_source("imgs/"))
-    loader = make_loader(ds, EpochSampler(len(ds), batch_size=64, end_epoch=10), workers=4)
+    loader = make_loader(ds, EpochSampler(ds.groups, batch_size=64, end_epoch=10, window=64), workers=4)
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset
 
 from dpal_cache.config import from_dict
+from dpal_cache.data.backgrounds import Backgrounds
 from dpal_cache.data.catalog import Catalog, ImageUnavailable
-from dpal_cache.data.decode import DecodeConfig
-from dpal_cache.data.sources import FolderSource, ImageSource, SourceError
-from dpal_cache.extract.compute import decode_map, decode_tokens
-from dpal_cache.extract.items import Backgrounds
-from dpal_cache.store import io as store_io
-from dpal_cache.store.layout import STATUS_OK, StoreLayout
+from dpal_cache.data.sources import ImageSource
+from dpal_cache.store.codecs import RELATION_ARRAYS, TARGET_ARRAYS, as_targets
+from dpal_cache.store.errors import StoreError
+from dpal_cache.store.reader import StoreReader
+from dpal_cache.train.sampler import STREAM_EPOCH_CROWD, STREAM_EPOCH_VIEW, EpochSampler
 from dpal_cache.views.config import LocalCropConfig, ViewsConfig
 from dpal_cache.views.crowd import CrowdRecipe, render_crowd
 from dpal_cache.views.local import local_crops
@@ -42,11 +39,6 @@ from dpal_cache.views.params import uniforms
 from dpal_cache.views.render import render_view
 
 log = logging.getLogger(__name__)
-
-# counter-based streams for per-epoch choices (views/params.py uses 1-4)
-STREAM_EPOCH_VIEW = 5
-STREAM_EPOCH_CROWD = 6
-STREAM_EPOCH_ORDER = 7
 
 
 class StoreMismatch(Exception):
@@ -126,17 +118,6 @@ def render_inputs(images: list[int], epochs: list[int], render: Callable[[int], 
     }
 
 
-def decode_targets(rows: dict[str, np.ndarray], token_scales: np.ndarray,
-                   relation_array: str) -> dict[str, torch.Tensor]:
-    """Stored target rows, one per sample (store arrays by name) -> the float32 ``t_*`` entries of a batch."""
-    return {
-        "t_tokens": torch.from_numpy(decode_tokens(rows["views/tokens"], token_scales)),  # (B, 1+L, D)
-        "t_attn_cls": torch.from_numpy(decode_map(rows["views/attn_cls"])),  # (B, L)
-        "t_mask_score": torch.from_numpy(rows["views/mask_score"].astype(np.float32)),  # (B, L)
-        "t_relation": torch.from_numpy(decode_map(rows[relation_array])),  # (B, Lc, Lc) or (B, Lc+1, Lc+1)
-    }
-
-
 class StoreDataset(Dataset):
     """Samples of the usable images of a complete store; see the module docstring.
 
@@ -146,7 +127,7 @@ class StoreDataset(Dataset):
         relation: ``attention`` (crowds/attn) or ``gram`` (crowds/gram, needs an extract with --gram).
         local_crop_cfg: student-only crops (default: the store's views config).
         skip_changed: drop images whose bytes changed since the scan instead of failing.
-        background_dir: where the crowd backgrounds are on this machine (default: the stored path).
+        background_dir: where the crowd backgrounds are on this machine (default: the path stored at extract).
     """
 
     def __init__(
@@ -160,58 +141,35 @@ class StoreDataset(Dataset):
         storage_options: dict | None = None,
     ):
         self.url = url
-        self.storage_options = storage_options
-        group = store_io.open_store(url, "r", storage_options)
-        meta = store_io.store_meta(group)
-        if not meta.get("complete"):
-            done = store_io.done_blocks(group)
-            raise StoreMismatch(
-                f"{url} is incomplete ({int(done.sum())} of {len(done)} blocks done): "
-                "re-run the same `dpal-cache extract` command to finish it"
-            )
-        problems = store_io.layout_problems(group, from_dict(StoreLayout, meta["layout"]))
-        dim = meta.get("teacher", {}).get("embed_dim")
-        if dim is not None and dim != meta["layout"]["dim"]:
-            problems.append(f"the teacher has {dim} dims, the layout says {meta['layout']['dim']}")
-        if problems:
-            raise StoreMismatch(f"{url} does not hold what its attributes describe (damaged, or copied "
-                                "incompletely):\n  " + "\n  ".join(problems)
-                                + "\ncopy the whole store again, or re-extract it (--overwrite)")
-        self.meta = meta
-        self.layout = meta["layout"]
-        self.views: ViewsConfig = from_dict(ViewsConfig, meta["views"])
+        try:
+            self.reader = StoreReader(url, source, storage_options=storage_options, background_dir=background_dir)
+        except StoreError as exc:
+            raise StoreMismatch(str(exc)) from None
+        reader = self.reader
+        self.meta = reader.meta
+        self.layout = reader.layout
+        self.views: ViewsConfig = from_dict(ViewsConfig, self.meta.views)
         self.local_crop_cfg = local_crop_cfg or self.views.local_crops
         self.relation = relation
-        relation_array = {"attention": "crowds/attn", "gram": "crowds/gram"}[relation]
-        if self.layout["crowds_per_image"] == 0:
+        relation_array = RELATION_ARRAYS[relation]
+        if self.layout.crowds_per_image == 0:
             raise StoreMismatch(f"{url} has no crowd images (extracted with --crowds 0): the relation loss needs them")
-        if relation_array not in group:
+        if relation_array not in self.layout.arrays():
             raise StoreMismatch(
                 f"{url} has no {relation_array}: re-extract with --gram, or train with relation target 'attention'"
             )
         self.relation_array = relation_array
-        try:
-            manifest = store_io.read_store_manifest(group)
-            source = store_io.check_store_source(manifest, source)  # as scanned: listed (and warned about) once
-        except (store_io.StoreError, SourceError) as exc:
-            raise StoreMismatch(f"{url}: {exc}") from None
-        decode = from_dict(DecodeConfig, meta["extract_config"]["decode"])
-        self.catalog = Catalog(source, manifest, decode)
+        self.catalog = reader.catalog
+        self.backgrounds = reader.backgrounds
         self.skip_changed = skip_changed
-        bg = background_dir or self.views.crowd.background_dir
-        self.backgrounds = Backgrounds(FolderSource(bg), decode) if bg is not None else None
-        # small per-row arrays in memory (numpy: no copy-on-access in forked workers)
-        self.status = group["images/status"][:]
-        self.images = np.flatnonzero(self.status == STATUS_OK).astype(np.int64)
-        self.params = group["views/params"][:]
-        self.recipes = group["crowds/recipe"][:]
-        self.token_scales = group["calibration/token_scales"][:]
-        self.token_stats = group["calibration/token_stats"][:]  # (4, D) class mean/std, patch mean/std
-        self.v = int(self.layout["views_per_image"])
-        self.c = int(self.layout["crowds_per_image"])
-        self.seed = int(self.views.seed)
-        self._group = None
-        self._pid = -1
+        self.images = reader.usable  # int64 dataset indices whose targets are cached
+        self.groups = self.images // self.layout.shard_images  # the block (shard) of each sample
+        calib = reader.require_calibration()
+        self.token_scales = calib.token_scales  # (2, D): int8 decoding
+        self.token_stats = calib.token_stats  # (4, D) class mean/std, patch mean/std
+        self.v = self.layout.views_per_image
+        self.c = self.layout.crowds_per_image
+        self.seed = self.meta.seed
         self._check_source()
 
     def _check_source(self, samples: int = 4) -> None:
@@ -241,48 +199,19 @@ class StoreDataset(Dataset):
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state["_group"] = None  # never pickle live store handles: each process opens its own
-        state["_pid"] = -1
-        return state
-
-    def _store(self):
-        if self._group is None or self._pid != os.getpid():
-            self._group = store_io.open_store(self.url, "r", self.storage_options)
-            self._pid = os.getpid()
-        return self._group
-
-    def _read_rows(self, rows: dict[str, list[int]]) -> dict[str, np.ndarray]:
-        """One gathered async read of many rows of several arrays: {name: (B, ...)}."""
-        group = self._store()
-        arrays = {name: group[name]._async_array for name in rows}
-
-        async def gather():
-            coros = [arrays[name].getitem(r) for name, rs in rows.items() for r in rs]
-            return await asyncio.gather(*coros)
-
-        from zarr.core.sync import sync
-
-        flat = sync(gather())
-        out, k = {}, 0
-        for name, rs in rows.items():
-            out[name] = np.stack(flat[k : k + len(rs)])
-            k += len(rs)
-        return out
-
     def __getitem__(self, key: int) -> dict[str, Any]:
         return self.__getitems__([key])
 
     def __getitems__(self, keys: list[int]) -> dict[str, Any]:
-        """A whole batch (already collated): inputs uint8, targets float32, ``valid`` mask."""
+        """A whole batch (already collated): inputs uint8, targets as stored, ``valid`` mask."""
         images, epochs = sample_keys(keys, self.images)
         view_rows, crowd_rows = self.target_rows(images, epochs)
         targets = self.read_targets(view_rows, crowd_rows)
+        params, recipes = self.reader.params, self.reader.recipes
 
         def render(k: int):
-            return render_sample(self.catalog, images[k], epochs[k], self.params[view_rows[k]],
-                                 self.recipes[crowd_rows[k]], self.local_crop_cfg, self.seed, self.backgrounds)
+            return render_sample(self.catalog, images[k], epochs[k], params[view_rows[k]], recipes[crowd_rows[k]],
+                                 self.local_crop_cfg, self.seed, self.backgrounds)
 
         batch = render_inputs(images, epochs, render, self.views, self.local_crop_cfg, self.skip_changed)
         return {**batch, **targets}
@@ -296,50 +225,9 @@ class StoreDataset(Dataset):
         return view_rows, crowd_rows
 
     def read_targets(self, view_rows: list[int], crowd_rows: list[int]) -> dict[str, torch.Tensor]:
-        """The decoded float32 ``t_*`` targets of these rows (one gathered read per array)."""
-        got = self._read_rows({
-            "views/tokens": view_rows,
-            "views/attn_cls": view_rows,
-            "views/mask_score": view_rows,
-            self.relation_array: crowd_rows,
-        })
-        return decode_targets(got, self.token_scales, self.relation_array)
-
-
-class EpochSampler(Sampler[list[int]]):
-    """Batches of ``epoch * n + k`` keys for epochs ``start_epoch .. end_epoch - 1``: a seeded
-    permutation per epoch, split across DDP ranks, every rank the same number of full batches.
-
-    ``start_batch`` skips the first batches of ``start_epoch`` (exact resume mid-epoch). One
-    sampler spans the whole run, so one DataLoader (and one set of workers) serves every epoch.
-    """
-
-    def __init__(self, n: int, batch_size: int, end_epoch: int, seed: int = 0, rank: int = 0, world: int = 1,
-                 shuffle: bool = True, start_epoch: int = 0, start_batch: int = 0):
-        self.n, self.batch_size, self.end_epoch, self.seed = n, batch_size, end_epoch, seed
-        self.rank, self.world, self.shuffle = rank, world, shuffle
-        self.start_epoch, self.start_batch = start_epoch, start_batch
-        if self.batches_per_epoch() == 0:
-            raise ValueError(f"{n} samples over {world} rank(s) do not fill one batch of {batch_size}")
-
-    def _order(self, epoch: int) -> np.ndarray:
-        if not self.shuffle:
-            return np.arange(self.n)
-        key = np.random.SeedSequence([self.seed, STREAM_EPOCH_ORDER, epoch])
-        return np.random.Generator(np.random.Philox(key)).permutation(self.n)
-
-    def batches_per_epoch(self) -> int:
-        return (self.n // self.world) // self.batch_size
-
-    def __len__(self) -> int:
-        return max(0, (self.end_epoch - self.start_epoch) * self.batches_per_epoch() - self.start_batch)
-
-    def __iter__(self) -> Iterator[list[int]]:
-        for epoch in range(self.start_epoch, self.end_epoch):
-            order = self._order(epoch)[self.rank :: self.world]
-            first = self.start_batch if epoch == self.start_epoch else 0
-            for b in range(first, self.batches_per_epoch()):
-                yield [int(epoch * self.n + k) for k in order[b * self.batch_size : (b + 1) * self.batch_size]]
+        """The ``t_*`` target rows of these store rows, as stored (``codecs.decode_targets`` decodes them)."""
+        rows = {name: view_rows for name in TARGET_ARRAYS.values()}
+        return as_targets(self.reader.read_many({**rows, self.relation_array: crowd_rows}), self.relation)
 
 
 def _batch_as_is(batch: dict[str, Any]) -> dict[str, Any]:

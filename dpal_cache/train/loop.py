@@ -32,13 +32,15 @@ from torch.nn.parallel import DistributedDataParallel
 from dpal_cache.config import differences, dump_yaml, to_dict
 from dpal_cache.data.sources import ImageSource
 from dpal_cache.extract.run import resolve_device
+from dpal_cache.store.codecs import decode_targets
 from dpal_cache.train.checkpoint import load_checkpoint, load_weights, save_checkpoint
 from dpal_cache.train.config import TrainConfig
-from dpal_cache.train.data import EpochSampler, StoreDataset, StoreMismatch, make_loader
+from dpal_cache.train.data import StoreDataset, StoreMismatch, make_loader
 from dpal_cache.train.decoders import build_decoder
 from dpal_cache.train.ema import EMA
 from dpal_cache.train.model import DistillModel
 from dpal_cache.train.rundir import check_run_dir
+from dpal_cache.train.sampler import EpochSampler
 from dpal_cache.train.schedule import lr_at, scaled_lr
 from dpal_cache.train.students import StudentConfig, build_student
 
@@ -145,7 +147,7 @@ def check_resume_world(state: dict[str, Any], world: int, cfg: TrainConfig, run_
 
 def check_resume_store(state: dict[str, Any], dataset: StoreDataset) -> None:
     """A run resumes only on a store with the same teacher width (the decoder's output)."""
-    old, new = state["store"]["teacher"].get("embed_dim"), dataset.meta["teacher"].get("embed_dim")
+    old, new = state["store"]["teacher"].get("embed_dim"), dataset.meta.teacher_dim
     if old != new:
         raise StoreMismatch(
             f"the run's decoder emits {old}-dim tokens but this store's teacher has {new} dims: "
@@ -158,11 +160,11 @@ def build_model(cfg: TrainConfig, dataset: StoreDataset) -> DistillModel:
     layout = dataset.layout
     student_cfg = StudentConfig(**{**cfg.student.__dict__, "img_size": tuple(dataset.views.global_view.size)})
     student = build_student(student_cfg)
-    teacher_dim = int(layout["dim"])
+    teacher_dim = layout.dim
     decoder = build_decoder(cfg.decoder.kind, student.embed_dim, teacher_dim, cfg.decoder)
     stats = torch.from_numpy(dataset.token_stats)
-    return DistillModel(student, decoder, cfg.loss, cfg.decoder, tuple(layout["view_grid"]),
-                        tuple(layout["crowd_grid"]), stats)
+    return DistillModel(student, decoder, cfg.loss, cfg.decoder, tuple(layout.view_grid), tuple(layout.crowd_grid),
+                        stats)
 
 
 def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
@@ -207,7 +209,8 @@ def run_training(
     configs: dict[str, Any] | None = None,
 ) -> TrainSummary:
     """The loop, for any dataset that serves StoreDataset's batches (``views``, ``layout``,
-    ``token_stats``, ``meta``, ``seed``); ``prepare`` completes a batch on the device (online mode
+    ``token_stats``, ``token_scales``, ``meta``, ``seed``, ``groups``); ``prepare`` completes a batch on the
+    device (online mode
     computes the teacher targets there). ``progress`` gets each step's record plus ``total_steps``;
     ``configs`` (file name -> config dataclass) are saved into the run's folder next to its own. Callers check the
     folder first (``check_run_dir``)."""
@@ -235,8 +238,8 @@ def run_training(
     # tests/train/test_ddp.py), so DDP need not search the graph for unused ones
     ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
                                   find_unused_parameters=False) if env.world > 1 else None
-    sampler_args = dict(n=len(dataset), batch_size=cfg.batch_size, end_epoch=cfg.epochs, seed=cfg.seed,
-                        rank=env.rank, world=env.world)
+    sampler_args = dict(groups=dataset.groups, batch_size=cfg.batch_size, end_epoch=cfg.epochs, seed=cfg.seed,
+                        window=cfg.shuffle_window, rank=env.rank, world=env.world)
     per_epoch = EpochSampler(**sampler_args).batches_per_epoch()
     steps_per_epoch = max(1, per_epoch // cfg.optim.accum_steps)
     total_steps = cfg.epochs * steps_per_epoch
@@ -269,6 +272,7 @@ def run_training(
         truncate_metrics(run_dir / "metrics.jsonl", step)
 
     sampler = EpochSampler(**sampler_args, start_epoch=epoch, start_batch=batch_in_epoch)
+    token_scales = torch.as_tensor(dataset.token_scales, device=device)
     loader = make_loader(dataset, sampler, cfg.workers, pin_memory=device.type == "cuda")
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if cfg.amp and device.type == "cuda"
                 else contextlib.nullcontext())
@@ -298,7 +302,7 @@ def run_training(
             "rng_cpu": torch.get_rng_state(),
             "rng_cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
             "student": {"timm_name": model.student.timm_name, "timm_kwargs": model.student.timm_kwargs},
-            "store": {"url": store_ref, "teacher": dataset.meta["teacher"], "views_seed": dataset.seed},
+            "store": {"url": store_ref, "teacher": dataset.meta.teacher, "views_seed": dataset.seed},
         })
 
     try:
@@ -311,6 +315,7 @@ def run_training(
             batch = _to_device(batch, device)
             if prepare is not None:
                 batch = prepare(batch)
+            batch = decode_targets(batch, token_scales)  # stored rows -> float32 targets, on the device
             lr = lr_at(step, total_steps, warmup, peak, cfg.optim.min_lr)
             for group in optimizer.param_groups:
                 group["lr"] = lr

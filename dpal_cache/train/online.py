@@ -3,8 +3,8 @@
 It is the baseline the cache is measured against, and its parity check. Targets are computed
 with extraction's own code: an ``ExtractSession`` builds the teacher, catalog and layout and
 fits the calibration exactly as ``extract`` does (same images, same batches), ``TeacherStep``
-runs the teacher, and extraction's ``encode_outputs`` encodes its outputs at the store's precision
-before ``decode_targets`` decodes them as ``StoreDataset`` does. Samples pick the same view and
+runs the teacher, and extraction's ``encode_outputs`` encodes its outputs at the store's precision;
+the training loop decodes them as it decodes rows read from a store. Samples pick the same view and
 crowd per epoch as ``StoreDataset`` (``epoch_choice``) and render them from (seed, index) as
 extraction does. What that guarantees (docs/reliability.md, tests/train/test_online.py): on the
 machine that made the store, a teacher forward over the same stack of views as an extraction batch
@@ -35,19 +35,17 @@ import pyarrow as pa
 import torch
 from torch.utils.data import Dataset
 
-from dpal_cache.config import from_dict, load_yaml, to_dict
+from dpal_cache.config import from_dict, load_yaml
 from dpal_cache.data.sources import ImageSource
-from dpal_cache.extract.calibrate import Calibration
-from dpal_cache.extract.compute import TeacherStep, encode_outputs
+from dpal_cache.extract.compute import TeacherStep
 from dpal_cache.extract.config import ExtractConfig
 from dpal_cache.extract.run import ExtractSession, resolve_device, store_identity
+from dpal_cache.store.calibration import Calibration
+from dpal_cache.store.codecs import as_targets, encode_outputs
 from dpal_cache.store.layout import STATUS_OK
 from dpal_cache.train.config import TrainConfig
 from dpal_cache.train.data import (
-    STREAM_EPOCH_CROWD,
-    STREAM_EPOCH_VIEW,
     StoreMismatch,
-    decode_targets,
     epoch_choice,
     render_inputs,
     render_sample,
@@ -55,14 +53,12 @@ from dpal_cache.train.data import (
 )
 from dpal_cache.train.loop import Progress, TrainSummary, run_training
 from dpal_cache.train.rundir import check_run_dir
+from dpal_cache.train.sampler import STREAM_EPOCH_CROWD, STREAM_EPOCH_VIEW
 from dpal_cache.views.config import LocalCropConfig
 from dpal_cache.views.crowd import make_recipe
 from dpal_cache.views.params import global_view_params
 
 log = logging.getLogger(__name__)
-
-RELATION_ARRAYS = {"attention": "crowds/attn", "gram": "crowds/gram"}
-
 
 class OnlineDataset(Dataset):
     """``StoreDataset``'s samples without a store: the inputs of a batch, no ``t_*`` targets.
@@ -84,15 +80,17 @@ class OnlineDataset(Dataset):
         if self.views.crowds_per_image == 0:
             raise StoreMismatch("the extract config has crowds_per_image 0: the relation loss needs crowd images")
         self.local_crop_cfg = local_crop_cfg or self.views.local_crops
-        self.layout = to_dict(session.layout)
+        self.layout = session.layout
         # what a store extracted with this config would say about itself
-        self.meta = {**session.attrs, "complete": True, "calibration": calib.attrs(), "online": True}
+        self.meta = session.meta.replace(complete=True, calibration=calib.info)
+        self.token_scales = calib.token_scales  # (2, D): int8 decoding
         self.token_stats = calib.token_stats  # (4, D) class mean/std, patch mean/std
         self.seed = int(self.views.seed)
         self.catalog = session.dataset.catalog
         self.backgrounds = session.dataset.backgrounds
         self.skip_changed = skip_changed
         self.images = self.catalog.ok  # int64 dataset indices that passed the scan
+        self.groups = self.images // self.layout.shard_images  # the store's blocks: the same order as from a store
         self.v = self.views.views_per_image
         self.c = self.views.crowds_per_image
 
@@ -122,7 +120,8 @@ class OnlineDataset(Dataset):
 
 class TeacherTargets:
     """The ``prepare`` of online mode: fills a device batch's ``t_tokens``, ``t_attn_cls``,
-    ``t_mask_score`` and ``t_relation`` from the frozen teacher, through the store's codecs.
+    ``t_mask_score`` and ``t_relation`` from the frozen teacher, encoded as a store holds them (the
+    training loop decodes them as it decodes cached ones).
 
     Args:
         session: the extract session (teacher on its device, layout, precision, ``mask_at_extract``).
@@ -138,7 +137,7 @@ class TeacherTargets:
         self.layout = session.layout
         self.calib = calib
         self.mask_at_extract = session.cfg.mask_at_extract
-        self.relation_array = RELATION_ARRAYS[relation]
+        self.relation = relation
 
     def encode(self, views: torch.Tensor, crowds: torch.Tensor) -> dict[str, np.ndarray]:
         """Stored rows (store arrays by name, the store's dtypes) of uint8 ``views`` (Bv, 3, H, W) and
@@ -152,7 +151,7 @@ class TeacherTargets:
         views, crowds = batch["global_view"], batch["crowd"]  # (B, 3, H, W), (B, 3, Hc, Wc) uint8 on the device
         if views.shape[0] == 0:
             raise StoreMismatch("every image of a batch changed since the scan: restore them or re-run scan")
-        targets = decode_targets(self.encode(views, crowds), self.calib.token_scales, self.relation_array)
+        targets = as_targets(self.encode(views, crowds), self.relation)
         return {**batch, **{k: v.to(views.device, non_blocking=True) for k, v in targets.items()}}
 
 

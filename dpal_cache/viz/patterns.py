@@ -32,16 +32,14 @@ import torch
 from PIL import Image
 
 from dpal_cache.config import from_dict
-from dpal_cache.data.catalog import Catalog, ImageUnavailable
-from dpal_cache.data.decode import DecodeConfig
-from dpal_cache.data.sources import FolderSource, open_source
+from dpal_cache.data.catalog import ImageUnavailable
+from dpal_cache.data.sources import open_source
 from dpal_cache.eval.features import FeatureExtractor, open_model
 from dpal_cache.eval.reid import MARKET_PATTERN
-from dpal_cache.extract.calibrate import centre_mask
-from dpal_cache.extract.compute import decode_map, decode_tokens
-from dpal_cache.extract.items import Backgrounds
-from dpal_cache.store.io import StoreError, check_store_source, open_store, read_store_manifest, store_meta
-from dpal_cache.store.layout import STATUS_OK
+from dpal_cache.store.calibration import centre_mask
+from dpal_cache.store.codecs import decode_map, decode_tokens
+from dpal_cache.store.errors import StoreError
+from dpal_cache.store.reader import StoreReader
 from dpal_cache.views.config import ViewsConfig
 from dpal_cache.views.crowd import CrowdRecipe, render_crowd
 from dpal_cache.views.preview import _pil, preview_indices
@@ -183,43 +181,36 @@ class StoreImages:
 
     def __init__(self, store: str, data: str | Path, storage_options: dict | None = None):
         self.url = str(store)
-        self.group = open_store(self.url, "r", storage_options)
-        self.meta = store_meta(self.group)
-        self.layout = self.meta["layout"]
-        source = open_source(data)
-        try:
-            manifest = read_store_manifest(self.group)
-            source = check_store_source(manifest, source)  # as scanned: listed (and warned about) once
+        try:  # a store still being written is fine: its done blocks are shown
+            self.reader = StoreReader(self.url, open_source(data), storage_options=storage_options, complete=False)
         except StoreError as exc:
-            raise PatternError(f"{store}: {exc}") from None
-        try:
-            self.catalog = Catalog(source, manifest, from_dict(DecodeConfig, self.meta["extract_config"]["decode"]))
-        except ValueError as exc:
             raise PatternError(str(exc)) from None
-        self.keys: list[str] = manifest.column("key").to_pylist()
-        self.views: ViewsConfig = from_dict(ViewsConfig, self.meta["views"])
-        self.v, self.c = int(self.layout["views_per_image"]), int(self.layout["crowds_per_image"])
-        self.view_grid = tuple(self.layout["view_grid"])
-        self.crowd_grid = tuple(self.layout["crowd_grid"])
-        self.ok = np.flatnonzero(self.group["images/status"][:] == STATUS_OK).astype(np.int64)
+        reader = self.reader
+        self.meta, layout = reader.meta, reader.layout
+        self.catalog = reader.catalog
+        self.keys: list[str] = reader.manifest.column("key").to_pylist()
+        self.views: ViewsConfig = from_dict(ViewsConfig, self.meta.views)
+        self.v, self.c = layout.views_per_image, layout.crowds_per_image
+        self.view_grid, self.crowd_grid = tuple(layout.view_grid), tuple(layout.crowd_grid)
+        self.ok = reader.usable
         if not len(self.ok):
             raise PatternError(f"{store} holds no extracted image yet (no block done, or every image failed)")
-        self.token_scales = self.group["calibration/token_scales"][:]
-        bg = self.views.crowd.background_dir
-        self.backgrounds = Backgrounds(FolderSource(bg), self.catalog.decode) if bg is not None else None
+        try:
+            self.token_scales = reader.require_calibration().token_scales
+        except StoreError as exc:
+            raise PatternError(str(exc)) from None
+        self.backgrounds = reader.backgrounds
         self._rgb: dict[int, np.ndarray] = {}
 
     def rows(self, name: str, rows: np.ndarray) -> np.ndarray:
-        """Rows of a store array, in the order asked (one gathered read)."""
+        """Rows of a store array as stored, in the order asked."""
         rows = np.asarray(rows, dtype=np.int64)
-        order = np.argsort(rows)
-        out = np.empty((len(rows), *self.group[name].shape[1:]), dtype=self.group[name].dtype)
-        out[order] = self.group[name].oindex[rows[order]]
-        return out
+        small = {"views/params": self.reader.params, "crowds/recipe": self.reader.recipes}
+        return small[name][rows] if name in small else self.reader.read(name, rows)
 
     def tokens(self, rows: np.ndarray) -> np.ndarray:
         """Decoded teacher tokens (R, 1 + L, D) float32 of view rows."""
-        return decode_tokens(self.rows("views/tokens", rows), self.token_scales)
+        return decode_tokens(self.rows("views/tokens", rows), self.token_scales).numpy()
 
     def image(self, index: int) -> np.ndarray:
         if index not in self._rgb:
@@ -250,8 +241,7 @@ class StoreImages:
         return torch.stack(out), recipes
 
     def teacher_label(self) -> str:
-        t = self.meta.get("teacher", {})
-        return str(t.get("name", "?")) + (" (RANDOM weights: mechanics only)" if t.get("random") else "")
+        return self.meta.teacher_name + (" (RANDOM weights: mechanics only)" if self.meta.teacher.get("random") else "")
 
 
 @torch.inference_mode()
@@ -399,7 +389,7 @@ def _patch_stage(src: StoreImages, fx: FeatureExtractor, idx: np.ndarray, thresh
 def _crowd_stage(src: StoreImages, fx: FeatureExtractor, idx: np.ndarray) -> tuple[Image.Image, dict[str, Any], str]:
     """(d): crowd images, teacher attention PCA, student patch PCA -> figure, stats, caption."""
     crowds, recipes = src.render_crowds(idx)  # (n, 3, Hc, Wc)
-    attn = decode_map(src.rows("crowds/attn", idx * src.c))  # (n, Lc, Lc): each patch's attention row
+    attn = decode_map(src.rows("crowds/attn", idx * src.c)).numpy()  # (n, Lc, Lc): each patch's attention row
     _, s_crowd = student_tokens(fx, crowds, src.crowd_grid)  # (n, Lc, Ds)
     t_rgb, t_expl = pca_maps(attn)
     s_rgb, s_expl = pca_maps(s_crowd)
@@ -514,7 +504,7 @@ def pattern_report(store: str, data: str | Path, model: str | Path, out_dir: str
 
     step("report")
     _write_report(out_dir, {k: Path(v).name for k, v in files.items()}, captions, src, fx, idx, stats)
-    result = {"files": files, "stats": stats, "model": fx.describe(), "teacher": src.meta.get("teacher", {}),
+    result = {"files": files, "stats": stats, "model": fx.describe(), "teacher": src.meta.teacher,
               "store": src.url, "images": [int(i) for i in idx]}
     Path(files["json"]).write_text(json.dumps(result, indent=2, default=str) + "\n")
     log.debug("pattern report of %s written to %s", fx.label, out_dir)

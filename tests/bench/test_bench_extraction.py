@@ -20,7 +20,7 @@ def test_extraction_bench_reports_ratio_breakdown_and_makes_the_store(bench_ctx)
     assert timeline["teacher_in_calibration"] > 0 and timeline["teacher_in_blocks"] > 0
     assert 0 < res["ratios"]["teacher_busy_in_blocks"] <= 1
     # the timed extract is the store the other benchmarks reuse, with the teacher outputs of its batches
-    meta = store_io.store_meta(store_io.open_store(str(bench_ctx.store()), "r"))
-    assert meta["complete"] and meta["images_ok"] == 8
+    meta = store_io.read_meta(store_io.open_store(str(bench_ctx.store()), "r"))
+    assert meta.complete and meta.images_ok == 8
     outs = bench_ctx.teacher_outputs()
     assert sum(len(o["tokens"]) for o in outs) == 8 * 2  # two views per image

@@ -12,7 +12,8 @@ def _sections(isolated: bool = True) -> dict:
         "training": {"best_ratios": {"cached_over_online": 2.9, "cached_over_in_memory": 0.95},
                      "best_samples_per_s": {"cached": 5.0}},
         "extraction": {"best_ratio_extract_over_teacher": math.nan},
-        "loader": {"samples_per_s": {"store": {"2": 30.0}}},
+        "loader": {"samples_per_s": {"store": {"2": 30.0}, "store_targets": {"0": 900.0},
+                                     "memmap_targets": {"0": 2000.0}, "zarr_targets": {"0": 100.0}}},
         "store": {"compact": "int8+log8", "options": {"int8+log8": {
             "ratio_to_fp16": 0.45, "tokens_rel_l2": 0.009, "attn_cls_kl_per_row": 2e-4,
             "crowd_attn_kl_per_row": 2e-3}}},
@@ -31,6 +32,10 @@ def test_each_target_is_judged_in_its_direction():
     assert met["extract / bare teacher images/s"] is None  # NaN: not measured
     assert rows["loader (2 workers) / cached training samples/s"]["value"] == 6.0 and met[
         "loader (2 workers) / cached training samples/s"]
+    assert rows["store / memmap target reads, 0 workers"]["value"] == 0.45 and not met[
+        "store / memmap target reads, 0 workers"]  # 0.45 < 0.5
+    assert rows["store / zarr per-row target reads, 0 workers"]["value"] == 9.0 and not met[
+        "store / zarr per-row target reads, 0 workers"]  # 9 < 10
     assert met["int8+log8 bytes / fp16 bytes per image"] is False  # 0.45 > 0.40
     assert met["int8 token relative L2"] is True
     kl = rows["log8 attention KL per row (worst kind)"]

@@ -67,8 +67,8 @@ def test_train_prints_a_summary_and_resumes(store, tmp_path):
     result = runner.invoke(app, [*args, "--max-steps", "3"])
     assert result.exit_code == 0, result.output
     text = _text(result)
-    for expected in ("train:", "steps", "3 in this run: step 3 of 10", "loss", "relation", "last.pt",
-                     "metrics.jsonl", "inside the 20 warmup steps"):
+    for expected in ("train:", "steps", "3 in this run: step 3 of 15", "loss", "relation", "last.pt",
+                     "metrics.jsonl", "inside the 30 warmup steps"):
         assert expected in text, expected
     cfg = yaml.safe_load((out / "config.yaml").read_text())
     assert cfg["ema_decay"] == 0.9 and cfg["optim"]["base_lr"] == 0.02 and cfg["decoder"]["kind"] == "linear"
@@ -80,7 +80,7 @@ def test_train_prints_a_summary_and_resumes(store, tmp_path):
     assert other.exit_code == 2 and "decoder.kind: run has 'linear', now 'mae'" in _text(other)
     resumed = runner.invoke(app, [*args, "--max-steps", "5", "--resume"])
     assert resumed.exit_code == 0, resumed.output
-    assert "2 in this run, resumed at step 3: step 5 of 10" in _text(resumed)  # not "5": 2 steps ran
+    assert "2 in this run, resumed at step 3: step 5 of 15" in _text(resumed)  # not "5": 2 steps ran
     steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4, 5]
 

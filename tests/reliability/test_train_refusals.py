@@ -105,7 +105,7 @@ def _edit_attrs(store: Path, **fields) -> None:
 
 
 def _damage_format(store: Path) -> None:
-    _edit_attrs(store, format_version=2)
+    _edit_attrs(store, format_version=1)  # a store of the format before this one
 
 
 def _damage_array(store: Path) -> None:
@@ -122,7 +122,8 @@ def _damage_dim(store: Path) -> None:
 
 
 @pytest.mark.parametrize("damage, needles", [
-    (_damage_format, ["store format version 2", "this dpal-cache reads version 1", "Re-extract it"]),
+    (_damage_format, ["store format version 1", "this dpal-cache reads version 2", "uncompressed",
+                      "re-run its `dpal-cache extract` command with --overwrite"]),
     (_damage_array, ["views/attn_cls is missing", "re-extract it (--overwrite)"]),
     (_damage_shard, ["views/tokens lacks the data of 1 done block(s), e.g. block 3", "copy the whole store again"]),
     (_damage_dim, ["views/tokens is (20, 9, 192) float16, the layout says (20, 9, 384)",

@@ -16,6 +16,7 @@ from dpal_cache.extract.config import ExtractConfig
 from dpal_cache.extract.run import extract
 from dpal_cache.store.inspect import store_report
 from dpal_cache.store.io import StoreError
+from dpal_cache.store.layout import FORMAT_VERSION
 from dpal_cache.views.config import CrowdConfig, GlobalViewConfig, LocalCropConfig, ViewsConfig
 
 GOOD, DIM = 12, 192  # images that decode; ViT-Ti width
@@ -74,7 +75,7 @@ def test_report_describes_arrays_and_completion(store):
                                "images_ok": GOOD, "images_skipped": 1, "images_failed": 0, "images_pending": 0,
                                "complete": True, "not_cached_by_reason": {"scan: not_an_image": 1}}
     assert r["complete_attr"] is True
-    assert r["format_version"] == 1 and r["dpal_cache_version"]
+    assert r["format_version"] == FORMAT_VERSION == 2 and r["dpal_cache_version"]
     assert r["teacher"]["name"] == "random:vit_tiny" and r["teacher"]["random"] is True
     assert r["views"]["view_grid"] == [4, 2] and r["views"]["crowd_grid"] == [4, 4]
     assert r["views"]["views_per_image"] == 2 and r["views"]["crowds_per_image"] == 1

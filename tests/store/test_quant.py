@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from dpal_cache.store.quant import (
     LOG8_EPS,
@@ -29,9 +30,11 @@ def test_int8_round_trip_error_is_half_a_step():
     scales = int8_scales(np.abs(x).max(axis=(0, 1)))
     q = encode_int8(x, scales)
     assert q.dtype == np.int8 and q.min() >= -127
-    err = np.abs(decode_int8(q, scales) - x)
+    back = decode_int8(q, scales).numpy()
+    assert np.array_equal(back, q.astype(np.float32) * scales)  # one multiply, as numpy does it
+    err = np.abs(back - x)
     assert (err <= scales / 2 + 1e-6).all()  # rounding only: calibration covers every value
-    assert relative_l2(x, decode_int8(q, scales)) < 1e-2
+    assert relative_l2(x, back) < 1e-2
 
 
 def test_int8_clips_beyond_calibration_and_handles_dead_channels():
@@ -45,15 +48,24 @@ def test_int8_clips_beyond_calibration_and_handles_dead_channels():
 def test_log8_kl_below_target(temperature):
     rng = np.random.default_rng(1)
     p = softmax_rows(rng.normal(size=(8, 64, 64)) * temperature)
-    back = decode_log8(encode_log8(p))
+    back = decode_log8(encode_log8(p)).numpy()
     assert np.allclose(back.sum(-1), 1.0, atol=1e-5)
     assert kl_per_row(p, back) < 1e-3
+
+
+def test_decoders_run_on_torch_tensors_and_keep_their_device():
+    codes = torch.tensor([[0, 1, 128, 255]], dtype=torch.uint8)
+    back = decode_log8(codes)
+    assert back.dtype == torch.float32 and back.device == codes.device and float(back.sum()) == pytest.approx(1.0)
+    assert torch.equal(back, decode_log8(codes.numpy()))  # numpy in, the same values out
+    q = torch.tensor([[-127, 3]], dtype=torch.int8)
+    assert torch.equal(decode_int8(q, np.array([0.5, 2.0], dtype=np.float32)), torch.tensor([[-63.5, 6.0]]))
 
 
 def test_log8_codes():
     p = np.array([0.0, LOG8_EPS / 2, LOG8_EPS, 1.0])
     assert encode_log8(p).tolist() == [0, 0, 1, 255]
-    back = decode_log8(encode_log8(p), renormalise=False)
+    back = decode_log8(encode_log8(p), renormalise=False).numpy()
     assert back[0] == 0 and back[1] == 0
     assert back[3] == pytest.approx(1.0, rel=1e-6)
 

@@ -35,7 +35,7 @@ STORES = {"fp16": {"gram": True}, "int8": {"token_precision": "int8", "map_preci
 
 def store_config(url: str) -> ExtractConfig:
     """The ExtractConfig a store was extracted with."""
-    return from_dict(ExtractConfig, store_io.store_meta(store_io.open_store(url, "r"))["extract_config"])
+    return from_dict(ExtractConfig, store_io.read_meta(store_io.open_store(url, "r")).extract_config)
 
 
 @pytest.fixture
@@ -66,7 +66,7 @@ def test_online_inputs_equal_cached_inputs_bitwise(make, precision):
     _, cached, session, online, _ = _online(make, precision)
     assert len(online) == len(cached)
     assert (online.token_stats == cached.token_stats).all()
-    assert online.meta["teacher"] == cached.meta["teacher"] and online.layout == cached.layout
+    assert online.meta.teacher == cached.meta.teacher and online.layout == cached.layout
     for keys in KEYS:
         want, got = cached.__getitems__(keys), online.__getitems__(keys)
         assert not any(k in got for k in TARGETS)  # data workers render; the teacher runs in prepare

@@ -23,17 +23,18 @@ SETS = ["checkpoint_every=3", "student.drop_path_rate=0.1", "ema_decay=0.9", "de
 
 @pytest.fixture(scope="module")
 def runs(store, train_config, tmp_path_factory):
-    """(uninterrupted 6-step run, the same run stopped after step 3 and resumed with other runtime fields)."""
+    """(uninterrupted 6-step run, the same run stopped after step 4, mid-epoch, and resumed with other runtime
+    fields). 10 images in batches of 4: epochs of 3 batches (4, 4 and the last 2)."""
     root = tmp_path_factory.mktemp("resume")
     source = open_source(store.folder)
     full, split = root / "full", root / "split"
     train(train_config("max_steps=6", *SETS), store.url, source, full)
-    train(train_config("max_steps=3", *SETS), store.url, source, split)
+    train(train_config("max_steps=4", *SETS), store.url, source, split)
     # a checkpoint write killed between the temp file and the rename leaves a stray temp file;
     # a run killed after its last checkpoint has logged steps that the resume runs again
     (split / ".last.pt.tmp-99999").write_bytes(b"torn")
     with open(split / "metrics.jsonl", "a") as fh:
-        fh.write(json.dumps({"step": 4, "loss": -1.0}) + "\n" + '{"step": 5, "lo')
+        fh.write(json.dumps({"step": 5, "loss": -1.0}) + "\n" + '{"step": 6, "lo')
     # max_steps and workers are runtime fields: they may change on resume
     train(train_config("max_steps=6", "workers=1", *SETS), store.url, source, split, resume=True)
     return full, split
@@ -50,7 +51,7 @@ def test_resume_gives_the_uninterrupted_trajectory(runs, read_metrics):
         assert sa[part].keys() == sb[part].keys()
         assert all(torch.equal(sa[part][k], sb[part][k]) for k in sa[part]), part
     position = ("step", "epoch", "batch_in_epoch")
-    assert [sa[k] for k in position] == [sb[k] for k in position] == [6, 2, 2]
+    assert [sa[k] for k in position] == [sb[k] for k in position] == [6, 1, 3]
 
 
 def test_wrong_resumes_are_refused(store, tmp_path, train_config):

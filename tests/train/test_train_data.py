@@ -1,5 +1,5 @@
-"""The training data path: batch layout, bitwise replay of the teacher's views, fresh local crops,
-seeded epoch choices, the rank/resume-aware sampler, and stores or images that cannot serve a run."""
+"""The training data path: batch layout, bitwise replay of the teacher's views with their stored rows, fresh
+local crops, seeded epoch choices, and stores or images that cannot serve a run (the sampler: test_sampler.py)."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ import zarr
 from dpal_cache.data.catalog import Catalog
 from dpal_cache.data.manifest import read_manifest
 from dpal_cache.data.sources import open_source
-from dpal_cache.extract.compute import decode_map, decode_tokens
 from dpal_cache.extract.items import ExtractItems
+from dpal_cache.store.codecs import decode_targets
 from dpal_cache.synth import SynthConfig, synthesize
-from dpal_cache.train.data import EpochSampler, StoreDataset, StoreMismatch
+from dpal_cache.train.data import StoreDataset, StoreMismatch
 from dpal_cache.train.loop import train
 from dpal_cache.views.crowd import CrowdRecipe
 
@@ -30,16 +30,19 @@ def test_batches_have_the_documented_shapes_and_dtypes(store, dataset):
     expected = {
         "index": ((3,), torch.int64), "epoch": ((3,), torch.int64), "valid": ((3,), torch.bool),
         "global_view": ((3, 3, 64, 32), torch.uint8), "local_crops": ((3, 2, 3, 32, 16), torch.uint8),
-        "crowd": ((3, 3, 64, 64), torch.uint8), "t_tokens": ((3, 1 + 8, 192), torch.float32),
-        "t_attn_cls": ((3, 8), torch.float32), "t_mask_score": ((3, 8), torch.float32),
-        "t_relation": ((3, 16, 16), torch.float32),
-    }  # fmt: skip
+        "crowd": ((3, 3, 64, 64), torch.uint8), "t_tokens": ((3, 1 + 8, 192), torch.float16),
+        "t_attn_cls": ((3, 8), torch.float16), "t_mask_score": ((3, 8), torch.float16),
+        "t_relation": ((3, 16, 16), torch.float16),
+    }  # fmt: skip: targets come as stored; the loop decodes them on its device
     assert set(batch) == set(expected)
     for key, (shape, dtype) in expected.items():
         assert tuple(batch[key].shape) == shape and batch[key].dtype == dtype, key
     assert batch["epoch"].tolist() == [0, 0, 1] and batch["index"][2] == 7 and batch["valid"].all()
     gram = StoreDataset(store.url, open_source(store.folder), relation="gram").__getitems__([0])
     assert tuple(gram["t_relation"].shape) == (1, 17, 17)  # the class token's row and column too
+    decoded = decode_targets(batch, torch.from_numpy(dataset.token_scales))
+    for key in ("t_tokens", "t_attn_cls", "t_mask_score", "t_relation"):
+        assert decoded[key].dtype == torch.float32 and decoded[key].shape == batch[key].shape, key
 
 
 def test_inputs_replay_what_the_teacher_saw_with_its_targets(store, dataset):
@@ -58,12 +61,11 @@ def test_inputs_replay_what_the_teacher_saw_with_its_targets(store, dataset):
             assert len(same) == 1, (epoch, i)
             v = same[0]
             chosen.add(v)
-            row = group["views/tokens"][i * V + v]
-            want = decode_tokens(row[None], dataset.token_scales)[0]
-            assert torch.equal(batch["t_tokens"][j], torch.from_numpy(want))
-            assert torch.equal(batch["t_attn_cls"][j], torch.from_numpy(decode_map(group["views/attn_cls"][i * V + v])))
+            rows = {"t_tokens": ("views/tokens", i * V + v), "t_attn_cls": ("views/attn_cls", i * V + v),
+                    "t_mask_score": ("views/mask_score", i * V + v), "t_relation": ("crowds/attn", i * C)}
+            for key, (name, row) in rows.items():  # the stored rows, bit for bit as zarr reads them
+                assert torch.equal(batch[key][j], torch.from_numpy(group[name][row])), (key, epoch, i)
             assert torch.equal(batch["crowd"][j], item["crowds"][0]) and C == 1
-            assert torch.equal(batch["t_relation"][j], torch.from_numpy(decode_map(group["crowds/attn"][i * C])))
     assert chosen == set(range(V))  # epochs pick different cached views
 
 
@@ -76,27 +78,6 @@ def test_local_crops_are_fresh_each_epoch_and_choices_are_seeded(store, dataset)
         assert torch.equal(a[key], b[key]), key
     assert not torch.equal(a["local_crops"][:n], a["local_crops"][n:])
     assert all(not torch.equal(a["local_crops"][k], a["local_crops"][n + k]) for k in range(n))
-
-
-def test_sampler_splits_ranks_disjointly_and_resumes_mid_epoch():
-    n, bs, epochs = 23, 3, 3
-    ranks = [list(EpochSampler(n, bs, epochs, seed=4, rank=r, world=2)) for r in range(2)]
-    assert len(ranks[0]) == len(ranks[1]) == epochs * ((n // 2) // bs) == len(EpochSampler(n, bs, epochs, world=2))
-    for epoch in range(epochs):
-        per_rank = [[k for batch in r for k in batch if k // n == epoch] for r in ranks]
-        assert len(per_rank[0]) == len(per_rank[1]) == (n // 2) // bs * bs
-        assert not set(per_rank[0]) & set(per_rank[1])
-        assert len(set(per_rank[0])) == len(per_rank[0])
-    full = list(EpochSampler(n, bs, epochs, seed=4))
-    per_epoch = EpochSampler(n, bs, epochs).batches_per_epoch()
-    assert [k // n for k in full[per_epoch]] == [1] * bs
-    for epoch, batch in [(0, 0), (0, 5), (1, 0), (1, 3), (2, 6)]:
-        resumed = EpochSampler(n, bs, epochs, seed=4, start_epoch=epoch, start_batch=batch)
-        done = epoch * per_epoch + batch
-        assert list(resumed) == full[done:] and len(resumed) == len(full) - done
-    assert full != list(EpochSampler(n, bs, epochs, seed=5))  # the order is seeded
-    with pytest.raises(ValueError, match="do not fill one batch"):
-        EpochSampler(3, 4, 1)
 
 
 def refuse(cfg, url, folder, run_dir, match):
@@ -145,7 +126,8 @@ def test_a_changed_image_fails_or_is_dropped_with_skip_changed(store, images_cop
     ds = StoreDataset(store.url, source, skip_changed=True)
     batch = ds.__getitems__(list(range(len(ds))))
     # dropped: the changed image, and samples whose crowd image pastes it
-    needs = [changed in CrowdRecipe.from_vector(ds.recipes[i * ds.c]).dataset_indices() + [i] for i in range(len(ds))]
+    needs = [changed in CrowdRecipe.from_vector(ds.reader.recipes[i * ds.c]).dataset_indices() + [i]
+             for i in range(len(ds))]
     assert batch["valid"].tolist() == [not x for x in needs] and batch["valid"].sum() >= len(ds) // 2
     assert (batch["global_view"][~batch["valid"]] == 0).all()
 

@@ -20,9 +20,9 @@ from dpal_cache.data.manifest import ScanConfig, read_manifest, scan
 from dpal_cache.data.sources import open_source
 from dpal_cache.extract.config import ExtractConfig
 from dpal_cache.extract.run import extract
+from dpal_cache.extract.verify import ErrorStats, Tolerance, VerifyError, sample_images, verify_store
 from dpal_cache.store.layout import STATUS_OK
 from dpal_cache.store.quant import kl_per_row, relative_l2
-from dpal_cache.store.verify import ErrorStats, Tolerance, VerifyError, sample_images, verify_store
 from dpal_cache.views.config import CrowdConfig, GlobalViewConfig, LocalCropConfig, ViewsConfig
 
 N_IMAGES = 12
@@ -258,7 +258,7 @@ def test_a_store_passes_verify_on_other_cpu_kernels(fp16_store, images):
     # outputs by float noise (not bit for bit); verify's limits must accept that. ATEN_CPU_CAPABILITY=default (no
     # SIMD kernels) stands in for another CPU on this one.
     script = ("import sys, torch; torch.set_num_threads(1)\n"
-              "from dpal_cache.store.verify import verify_store\n"
+              "from dpal_cache.extract.verify import verify_store\n"
               f"r = verify_store({fp16_store!r}, {str(images)!r}, sample=12)\n"
               "print(torch.backends.cpu.get_cpu_capability(), r.passed, r.check('replay').summary)\n"
               "sys.exit(0 if r.passed else 1)\n")

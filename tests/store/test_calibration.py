@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from dpal_cache.extract.calibrate import centre_mask, fit_calibration, mask_score
+from dpal_cache.store.calibration import centre_mask, fit_calibration, mask_score
 from dpal_cache.store.quant import relative_l2
 
 GRID = (8, 4)
@@ -39,6 +39,6 @@ def test_stored_results_do_not_depend_on_the_blas_thread_count():
         with threadpool_limits(threads):
             calib = fit_calibration(tokens, GRID, images=len(tokens))
             score = mask_score(tokens[:, 1:], calib)
-            results.append((calib.attrs(), calib.component.tobytes(), calib.mean.tobytes(), score.tobytes(),
+            results.append((calib.info, calib.component.tobytes(), calib.mean.tobytes(), score.tobytes(),
                             relative_l2(tokens, tokens.astype(np.float16))))
     assert results[0] == results[1]

@@ -14,10 +14,12 @@ The projection is mapped to [0, 1] with the calibration's 1st and 99th percentil
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
 from dpal_cache.numerics import one_blas_thread
+from dpal_cache.store.meta import CalibrationInfo
 from dpal_cache.store.quant import fit_int8_scales
 
 
@@ -31,12 +33,27 @@ class Calibration:
     token_scales: np.ndarray  # (2, D) float32 int8 scales: row 0 class tokens, row 1 patch tokens
     token_stats: np.ndarray  # (4, D) float32: class mean, class std, patch mean, patch std
     images: int
-    measured: dict | None = None  # codec error on the calibration outputs (compute.measure_precision)
+    measured: dict | None = None  # codec error on the calibration outputs (codecs.measure_precision)
 
-    def attrs(self) -> dict:
-        """The scalar results, for the store's attributes (arrays go to calibration/*)."""
-        return {"low": self.low, "high": self.high, "explained_variance": self.explained, "images": self.images,
-                "sign": "centre of the patch grid projects positive", "percentiles": [1, 99]}
+    ARRAYS: ClassVar[tuple[str, ...]] = ("pca_component", "pca_mean", "token_scales", "token_stats")  # calibration/*
+
+    @property
+    def info(self) -> CalibrationInfo:
+        """The scalar results, for the store's metadata (the arrays go to ``calibration/*``)."""
+        return CalibrationInfo(low=self.low, high=self.high, explained_variance=self.explained, images=self.images)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The arrays of ``calibration/*`` by name."""
+        return {"pca_component": self.component, "pca_mean": self.mean, "token_scales": self.token_scales,
+                "token_stats": self.token_stats}
+
+    @classmethod
+    def from_store(cls, arrays: dict[str, np.ndarray], info: CalibrationInfo, measured: dict | None = None
+                   ) -> Calibration:
+        """Rebuild from the stored ``calibration/*`` arrays and the metadata's scalars."""
+        return cls(component=arrays["pca_component"], mean=arrays["pca_mean"], low=info.low, high=info.high,
+                   explained=info.explained_variance, token_scales=arrays["token_scales"],
+                   token_stats=arrays["token_stats"], images=info.images, measured=measured)
 
 
 def centre_mask(grid: tuple[int, int]) -> np.ndarray:

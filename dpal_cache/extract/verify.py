@@ -35,7 +35,6 @@ autocast ran): loosen ``tokens_rel_l2`` / ``tokens_row_rel_l2`` for such a store
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import logging
 import time
@@ -45,19 +44,19 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 
 from dpal_cache.config import ConfigError, from_dict
 from dpal_cache.data.catalog import Catalog, ImageUnavailable
 from dpal_cache.data.manifest import manifest_fingerprint
-from dpal_cache.data.sources import FolderSource, open_source
-from dpal_cache.extract.items import Backgrounds
-from dpal_cache.store.inspect import store_layout
-from dpal_cache.store.io import StoreError, done_blocks, get_bytes, open_store, store_meta
+from dpal_cache.data.sources import open_source
+from dpal_cache.store.calibration import mask_score
+from dpal_cache.store.codecs import decode_map, decode_tokens, encode_map, encode_tokens
+from dpal_cache.store.errors import StoreError
 from dpal_cache.store.layout import STATUS_FAILED, STATUS_OK, STATUS_PENDING, STATUS_SKIPPED, StoreLayout
+from dpal_cache.store.meta import StoreMeta
 from dpal_cache.store.quant import kl_per_row, relative_l2
+from dpal_cache.store.reader import StoreReader
 
 log = logging.getLogger(__name__)
 
@@ -251,12 +250,6 @@ def _judge(name: str, stats: dict[str, Any], tol: Tolerance, rows_per_image: int
 # ---------------------------------------------------------------- inputs: manifest, teacher, sample
 
 
-def stored_manifest(group) -> pa.Table | None:
-    """The manifest saved inside the store (``manifest.parquet``), or None."""
-    data = get_bytes(group, "manifest.parquet")
-    return None if data is None else pq.read_table(io.BytesIO(data))
-
-
 def sample_images(status: np.ndarray, sample: int, seed: int = 0) -> np.ndarray:
     """Sorted indices of ``sample`` ok images drawn without replacement by ``seed`` (all when sample <= 0)."""
     ok = np.flatnonzero(status == STATUS_OK)
@@ -269,18 +262,18 @@ def _json(value: Any) -> Any:
     return json.loads(json.dumps(value))
 
 
-def load_store_teacher(meta: dict[str, Any], checkpoint: str | Path | None = None, teacher=None):
+def load_store_teacher(meta: StoreMeta, checkpoint: str | Path | None = None, teacher=None):
     """The teacher the store was made with, refusing any other.
 
     Args:
-        meta: the store's attributes.
+        meta: the store's metadata.
         checkpoint: weight file; default: the path the store was extracted with if it still
             exists, else the teacher's default location. Its sha256 must equal the stored one.
         teacher: an already built teacher, checked against the stored description instead.
     """
     from dpal_cache.teachers import file_sha256, get_teacher_spec, load_teacher, resolve_checkpoint
 
-    stored = meta["teacher"]
+    stored = meta.teacher
     if teacher is None:
         spec = get_teacher_spec(stored["name"])
         if spec.random:
@@ -288,7 +281,7 @@ def load_store_teacher(meta: dict[str, Any], checkpoint: str | Path | None = Non
                 log.warning("%s is a random teacher: --checkpoint %s is ignored", spec.name, checkpoint)
             teacher = load_teacher(spec, pos_embed=stored["pos_embed_method"], seed=stored.get("seed") or 0)
         else:
-            recorded = (meta.get("extract_config") or {}).get("checkpoint")
+            recorded = meta.extract_config.get("checkpoint")
             if checkpoint is None and recorded and Path(recorded).expanduser().is_file():
                 checkpoint = recorded
             path = resolve_checkpoint(spec, checkpoint)
@@ -311,11 +304,13 @@ def load_store_teacher(meta: dict[str, Any], checkpoint: str | Path | None = Non
 # ---------------------------------------------------------------- check 1: completeness
 
 
-def check_completeness(group, meta: dict[str, Any], layout: StoreLayout, status: np.ndarray,
-                       manifest: pa.Table | None) -> CheckResult:
-    """Done flags, status codes of written blocks, agreement with the manifest and the attributes."""
+def check_completeness(reader: StoreReader) -> CheckResult:
+    """Done flags, arrays against the layout, status codes of written blocks, agreement with the manifest and
+    the metadata."""
+    meta, layout, status, manifest, done = reader.meta, reader.layout, reader.status, reader.manifest, reader.done
     problems: list[str] = []
-    done = done_blocks(group)
+    for problem in reader.problems:
+        _add_problem(problems, problem)
     missing = np.flatnonzero(~done)
     if len(missing):
         _add_problem(problems, f"{len(missing)} of {len(done)} blocks not written: {missing[:10].tolist()}"
@@ -338,7 +333,7 @@ def check_completeness(group, meta: dict[str, Any], layout: StoreLayout, status:
         if manifest.num_rows != layout.n_images:
             _add_problem(problems, f"the stored manifest has {manifest.num_rows} rows, the store "
                          f"{layout.n_images} images")
-        elif manifest_fingerprint(manifest) != meta.get("manifest_fingerprint"):
+        elif manifest_fingerprint(manifest) != meta.manifest_fingerprint:
             _add_problem(problems, "the stored manifest's fingerprint differs from the store attributes")
         else:
             scan_failed = manifest.column("status").to_numpy(zero_copy_only=False) != "ok"
@@ -346,12 +341,12 @@ def check_completeness(group, meta: dict[str, Any], layout: StoreLayout, status:
             if len(wrong):
                 _add_problem(problems, f"{len(wrong)} written images disagree with the manifest on scan failure "
                              f"(SKIPPED iff failed in the scan), e.g. {wrong[:10].tolist()}")
-    if meta.get("calibration") is None:
+    if meta.calibration is None:
         _add_problem(problems, "no calibration recorded (the calibration pass never finished)")
-    if meta.get("complete") and len(missing):
+    if meta.complete and len(missing):
         _add_problem(problems, "the attributes say complete, but blocks are missing")
-    if "images_ok" in meta and not len(missing) and meta["images_ok"] != int((status == STATUS_OK).sum()):
-        _add_problem(problems, f"attributes count {meta['images_ok']} ok images, images/status "
+    if meta.images_ok is not None and not len(missing) and meta.images_ok != int((status == STATUS_OK).sum()):
+        _add_problem(problems, f"attributes count {meta.images_ok} ok images, images/status "
                      f"{int((status == STATUS_OK).sum())}")
     details = {
         "blocks_done": int(done.sum()),
@@ -360,7 +355,7 @@ def check_completeness(group, meta: dict[str, Any], layout: StoreLayout, status:
         "images_skipped": int((status == STATUS_SKIPPED).sum()),
         "images_failed": int((status == STATUS_FAILED).sum()),
         "images_pending": int((status == STATUS_PENDING).sum()),
-        "finalized": bool(meta.get("complete", False)),
+        "finalized": meta.complete,
     }
     summary = f"{details['blocks_done']}/{details['blocks_total']} blocks done, {details['images_ok']} images ok, " \
               f"{details['images_skipped']} skipped, {details['images_failed']} failed"
@@ -382,16 +377,14 @@ class _Rendered:
 class _Replayer:
     """Reads sources through the catalog, re-renders from stored params and recipes, and runs the teacher."""
 
-    def __init__(self, group, layout: StoreLayout, catalog: Catalog, cfg, teacher, device: torch.device):
+    def __init__(self, reader: StoreReader, catalog: Catalog, teacher, device: torch.device):
         from dpal_cache.extract.compute import TeacherStep
 
-        self.group = group
-        self.layout = layout
+        self.reader = reader
+        self.layout = layout = reader.layout
         self.catalog = catalog
-        self.cfg = cfg
         self.step = TeacherStep(teacher, device, amp=False, gram=layout.gram)  # float32: the reference
-        bg_dir = cfg.views.crowd.background_dir
-        self.backgrounds = Backgrounds(FolderSource(bg_dir), cfg.decode) if bg_dir is not None else None
+        self.backgrounds = reader.backgrounds
         self.checked: dict[int, str] = {}  # image -> "" (matches the manifest) or why it cannot be used
         self.anchors: set[int] = set()
         self.source_problems: list[str] = []
@@ -422,10 +415,10 @@ class _Replayer:
             loaded: dict[int, np.ndarray] = {}
             try:
                 rgb = self._load(i, loaded)
-                params = self.group["views/params"][i * v:(i + 1) * v]  # (V, PARAM_LEN) float64
+                params = self.reader.params[i * v:(i + 1) * v]  # (V, PARAM_LEN) float64
                 views = torch.stack([render_view(rgb, p) for p in params])  # (V, 3, H, W)
                 crowds = []
-                for vec in self.group["crowds/recipe"][i * c:(i + 1) * c] if c else []:
+                for vec in self.reader.recipes[i * c:(i + 1) * c] if c else []:
                     recipe = CrowdRecipe.from_vector(vec)
                     for j in recipe.dataset_indices():
                         self._load(j, loaded)
@@ -456,17 +449,12 @@ def _rows(images: list[int], per_image: int) -> np.ndarray:
     return (np.asarray(images, dtype=np.int64)[:, None] * per_image + np.arange(per_image)).reshape(-1)
 
 
-def _read_rows(array, images: list[int], per_image: int) -> np.ndarray:
-    # one contiguous slice per image: fancy indexing on sharded arrays is pathological in zarr 3.1
-    return np.concatenate([array[i * per_image:(i + 1) * per_image] for i in images])
-
-
 def _batches(images: np.ndarray, size: int) -> Iterator[list[int]]:
     for start in range(0, len(images), size):
         yield images[start:start + size].tolist()
 
 
-def _replay(group, layout: StoreLayout, meta: dict[str, Any], replayer: _Replayer, chosen: np.ndarray,
+def _replay(reader: StoreReader, replayer: _Replayer, chosen: np.ndarray,
             batch_size: int, tol: Tolerance) -> tuple[dict[str, ErrorStats], dict[str, ErrorStats], int, dict | None]:
     """Replay ``chosen``.
 
@@ -474,12 +462,9 @@ def _replay(group, layout: StoreLayout, meta: dict[str, Any], replayer: _Replaye
         (stored vs fresh, codec round trip vs fresh) stats per array, images replayed, and for stores
         with ``mask_at_extract`` the patches whose stored keep/drop decision differs from the fresh score's.
     """
-    from dpal_cache.extract.calibrate import mask_score
-    from dpal_cache.extract.compute import decode_map, decode_tokens, encode_map, encode_tokens
-    from dpal_cache.extract.run import load_calibration
-
-    calib = load_calibration(group, meta)
-    threshold = meta.get("precision", {}).get("mask_at_extract")
+    layout = reader.layout
+    calib = reader.require_calibration()
+    threshold = reader.meta.precision.mask_at_extract
     v, c = layout.views_per_image, layout.crowds_per_image
     maps = [("views/attn_cls", "attn_cls", v)]
     if c:
@@ -502,7 +487,7 @@ def _replay(group, layout: StoreLayout, meta: dict[str, Any], replayer: _Replaye
         rows_v = _rows(rendered.index, v)
         tokens = fresh["tokens"]  # (B * V, 1 + L, D) float32
         score = mask_score(tokens[:, 1:], calib)  # (B * V, L)
-        stored = _read_rows(group["views/tokens"], rendered.index, v)
+        stored = reader.image_rows("views/tokens", rendered.index)
         if threshold is not None:
             # the store holds mask-multiplied tokens: follow its own keep/drop decisions (a score on the
             # threshold may round the other way here), and count those that disagree far from the threshold
@@ -514,17 +499,17 @@ def _replay(group, layout: StoreLayout, meta: dict[str, Any], replayer: _Replaye
             tokens = tokens.copy()
             tokens[:, 1:] *= kept[..., None]
         encoded = encode_tokens(tokens, layout.token_precision, calib.token_scales)
-        replay["views/tokens"].add(tokens, decode_tokens(stored, calib.token_scales), rows_v, (stored, encoded))
-        codec["views/tokens"].add(tokens, decode_tokens(encoded, calib.token_scales), rows_v)
-        stored_score = _read_rows(group["views/mask_score"], rendered.index, v)
+        replay["views/tokens"].add(tokens, decode_tokens(stored, calib.token_scales).numpy(), rows_v, (stored, encoded))
+        codec["views/tokens"].add(tokens, decode_tokens(encoded, calib.token_scales).numpy(), rows_v)
+        stored_score = reader.image_rows("views/mask_score", rendered.index)
         replay["views/mask_score"].add(score, stored_score, rows_v, (stored_score, score.astype(np.float16)))
         for name, key, per_image in maps:
             ref = fresh[key]
-            stored = _read_rows(group[name], rendered.index, per_image)
+            stored = reader.image_rows(name, rendered.index)
             encoded = encode_map(ref, layout.map_precision)
             rows = _rows(rendered.index, per_image)
-            replay[name].add(ref, decode_map(stored), rows, (stored, encoded))
-            codec[name].add(ref, decode_map(encoded), rows)
+            replay[name].add(ref, decode_map(stored).numpy(), rows, (stored, encoded))
+            codec[name].add(ref, decode_map(encoded).numpy(), rows)
     return replay, codec, replayed, mask if threshold is not None else None
 
 
@@ -602,11 +587,10 @@ def verify_store(
     from dpal_cache.extract.run import resolve_device
 
     start = time.perf_counter()
-    group = open_store(url, mode="r", storage_options=storage_options)
-    meta = store_meta(group)
-    layout = store_layout(meta)
+    reader = StoreReader(url, storage_options=storage_options, complete=False, check=False)  # verify reports it
+    meta, layout, status = reader.meta, reader.layout, reader.status
     try:
-        cfg = from_dict(ExtractConfig, meta["extract_config"])
+        cfg = from_dict(ExtractConfig, meta.extract_config)
     except (ConfigError, KeyError) as exc:
         raise StoreError(f"{url}: the stored extract config cannot be read by this dpal-cache ({exc})") from None
     if isinstance(tolerance, Tolerance):
@@ -616,30 +600,26 @@ def verify_store(
     dev = resolve_device(device)
     teacher = load_store_teacher(meta, checkpoint, teacher).to(dev).eval()
 
-    status = group["images/status"][:]
-    manifest = stored_manifest(group)
-    checks = [check_completeness(group, meta, layout, status, manifest)]
+    checks = [check_completeness(reader)]
     chosen = sample_images(status, sample, seed)
     log.info("verifying %s: %d of %d ok images sampled, teacher %s on %s", url, len(chosen),
-             int((status == STATUS_OK).sum()), meta["teacher"]["name"], dev)
+             int((status == STATUS_OK).sum()), meta.teacher_name, dev)
     catalog = None
-    if manifest is None:
-        why = "the store holds no manifest to check sources against"
-    elif not len(chosen):
+    source = open_source(data, root)  # no such folder: verify cannot run (SourceError)
+    if not len(chosen):
         why = "the store has no ok image to sample"
     else:
         try:
-            catalog = Catalog(open_source(data, root), manifest, cfg.decode)
-        except ValueError as exc:  # the source does not have the manifest's images
+            catalog = reader.open_catalog(source)
+        except StoreError as exc:  # the source does not have the manifest's images: a failed check
             why = str(exc)
     if catalog is None:
         checks += [_not_run(name, why) for name in ("source", "replay", "precision")]
-    elif meta.get("calibration") is None:
+    elif reader.calibration is None:
         checks += [_not_run(name, "the store has no calibration") for name in ("source", "replay", "precision")]
     else:
-        replayer = _Replayer(group, layout, catalog, cfg, teacher, dev)
-        replay, codec, replayed, mask = _replay(group, layout, meta, replayer, chosen, batch_size or cfg.batch_size,
-                                                tol)
+        replayer = _Replayer(reader, catalog, teacher, dev)
+        replay, codec, replayed, mask = _replay(reader, replayer, chosen, batch_size or cfg.batch_size, tol)
         checks.append(_source_check(replayer, chosen))
         problems = replayer.render_problems
         if mask is not None and mask["far_flips"]:
@@ -650,6 +630,6 @@ def verify_store(
             checks[-1].details["mask_at_extract"] = mask
         checks.append(_stats_check("precision", codec, layout, tol, [], replayed, len(chosen)))
     report = VerifyReport(url=url, checks=checks, sampled=chosen.tolist(), tolerance=tol,
-                          teacher=meta["teacher"]["name"], device=str(dev), seconds=time.perf_counter() - start)
+                          teacher=meta.teacher_name, device=str(dev), seconds=time.perf_counter() - start)
     log.info("verify %s: %s in %.1fs", url, "passed" if report.passed else "FAILED", report.seconds)
     return report
