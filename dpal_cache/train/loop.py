@@ -246,7 +246,11 @@ def run_training(
     total_steps_run = min(total_steps, cfg.max_steps) if cfg.max_steps is not None else total_steps
     peak = scaled_lr(cfg.optim.base_lr, cfg.batch_size * env.world * cfg.optim.accum_steps)
     warmup = int(round(cfg.optim.warmup_epochs * steps_per_epoch))
-    if total_steps_run < warmup:
+    if warmup > total_steps:
+        log.warning("the %g warmup epochs (%d steps) are longer than the %d epochs of the run (%d steps): the "
+                    "learning rate never reaches its peak; lower optim.warmup_epochs", cfg.optim.warmup_epochs,
+                    warmup, cfg.epochs, total_steps)
+    elif total_steps_run < warmup:
         log.warning("--max-steps %d ends the run inside the %d warmup steps (the schedule spans %d epochs, %d "
                     "steps): the learning rate never reaches its peak; set --epochs for a short complete run",
                     total_steps_run, warmup, cfg.epochs, total_steps)

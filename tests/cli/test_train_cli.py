@@ -68,7 +68,7 @@ def test_train_prints_a_summary_and_resumes(store, tmp_path):
     assert result.exit_code == 0, result.output
     text = _text(result)
     for expected in ("train:", "steps", "3 in this run: step 3 of 15", "loss", "relation", "last.pt",
-                     "metrics.jsonl", "inside the 30 warmup steps"):
+                     "metrics.jsonl", "warmup epochs (30 steps) are longer than the 5 epochs"):
         assert expected in text, expected
     cfg = yaml.safe_load((out / "config.yaml").read_text())
     assert cfg["ema_decay"] == 0.9 and cfg["optim"]["base_lr"] == 0.02 and cfg["decoder"]["kind"] == "linear"
