@@ -44,6 +44,7 @@ class InMemoryBatches(Dataset):
     def __init__(self, dataset, batches: list[dict[str, Any]]):
         self.views, self.layout, self.token_stats = dataset.views, dataset.layout, dataset.token_stats
         self.token_scales, self.groups = dataset.token_scales, dataset.groups
+        self.render = "workers"  # its batches were rendered when fetched
         self.meta, self.seed, self.n = dataset.meta, dataset.seed, len(dataset)
         self.batches = batches
         self.served = 0

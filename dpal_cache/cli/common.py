@@ -44,6 +44,27 @@ def fail(message: str, code: int = 2) -> typer.Exit:
     return typer.Exit(code)
 
 
+RENDER_DEVICE_HELP = ("Where views are rendered: cpu (data workers, one image at a time) or cuda (the batched "
+                      "renderer with GPU JPEG decoding, where the model runs). Default: the model's device.")
+
+
+def render_mode(render_device: str | None, model_device: str | None = "auto") -> str | None:
+    """``--render-device`` -> the config's ``render`` (workers / device); None keeps the config's own. The batched
+    renderer runs where the model runs: ``cuda`` needs the model on CUDA."""
+    if render_device is None:
+        return None
+    kind = render_device.split(":")[0]
+    if kind not in ("cpu", "cuda"):
+        raise fail(f"--render-device takes cpu or cuda, got {render_device!r}")
+    if kind == "cuda":
+        import torch
+
+        model = (model_device or "auto").split(":")[0]
+        if model == "cpu" or (model == "auto" and not torch.cuda.is_available()):
+            raise fail("--render-device cuda renders where the model runs: it needs the model on CUDA (--device cuda)")
+    return "workers" if kind == "cpu" else "device"
+
+
 def output_file(value: Path | None) -> Path | None:
     """Callback of options that name a file to write (``--json``...): a folder is refused before any work runs.
     An existing file is replaced."""

@@ -12,7 +12,17 @@ import typer
 from rich.table import Table
 
 from dpal_cache.cli import app
-from dpal_cache.cli.common import CONFIG_HELP, SET_HELP, console, fail, progress_bar, resolve_config, setup_logging
+from dpal_cache.cli.common import (
+    CONFIG_HELP,
+    RENDER_DEVICE_HELP,
+    SET_HELP,
+    console,
+    fail,
+    progress_bar,
+    render_mode,
+    resolve_config,
+    setup_logging,
+)
 from dpal_cache.data.manifest import ScanConfig, read_manifest, scan
 from dpal_cache.data.sources import SourceError, data_folder, open_source
 from dpal_cache.extract.config import ExtractConfig
@@ -82,6 +92,7 @@ def extract_command(
     batch_size: int | None = typer.Option(None, "--batch-size", help="Images per teacher batch (default "
                                           f"{ExtractConfig.batch_size}; each brings its views and crowds)."),
     device: str | None = typer.Option(None, "--device", help="auto, cpu, cuda or cuda:N."),
+    render_device: str | None = typer.Option(None, "--render-device", help=RENDER_DEVICE_HELP),
     workers: int | None = typer.Option(None, "--workers", help="Decode/render worker processes (default "
                                        f"{ExtractConfig.workers}: one per core minus one; 0 = in this process)."),
     seed: int | None = typer.Option(None, "--seed", help=f"Seed of every view and crowd recipe (default "
@@ -115,7 +126,7 @@ def extract_command(
     cfg = resolve_config(
         ExtractConfig, config, sets, teacher=teacher, checkpoint=checkpoint, token_precision=precision,
         map_precision=map_precision, gram=gram, mask_at_extract=mask_at_extract, batch_size=batch_size,
-        device=device, workers=workers,
+        device=device, workers=workers, render=render_mode(render_device, device),
         **{k: v for k, v in {"views.views_per_image": views, "views.crowds_per_image": crowds,
                              "views.seed": seed}.items() if v is not None},
     )

@@ -15,7 +15,7 @@ from rich import box
 from rich.table import Table
 
 from dpal_cache.cli import app
-from dpal_cache.cli.common import console, fail, setup_logging
+from dpal_cache.cli.common import console, fail, render_mode, setup_logging
 
 
 def _size(n: float | None) -> str:
@@ -161,6 +161,9 @@ def verify_command(
                                            "was extracted with, else the teacher's default location); its sha256 "
                                            "must match the store's."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N (the teacher runs in float32)."),
+    render_device: str | None = typer.Option(None, "--render-device", help="Where the views are re-rendered: cpu "
+                                             "(one image at a time) or cuda (batched, on --device). Default: the "
+                                             "kind of renderer the store was made with."),
     batch_size: int | None = typer.Option(None, "--batch-size", min=1, help="Images per teacher batch."),
     tolerance: list[str] | None = typer.Option(None, "--tolerance", help="Override a pass/fail limit, "
                                                "KEY=NUMBER (tokens_rel_l2, tokens_row_rel_l2, maps_kl, maps_row_kl, "
@@ -182,10 +185,13 @@ def verify_command(
 
     try:
         report = verify_store(store, data, root=root, sample=sample, seed=seed, checkpoint=checkpoint,
-                              device=device, tolerance=_tolerances(tolerance), batch_size=batch_size)
+                              device=device, tolerance=_tolerances(tolerance), batch_size=batch_size,
+                              render=render_mode(render_device, device) or "auto")
     except (StoreError, CheckpointError, SourceError, ValueError, RuntimeError) as exc:
         raise fail(str(exc)) from None
-    table = Table(title=f"verify: {store} ({report.teacher} on {report.device}, {report.seconds:.1f} s)")
+    table = Table(title=f"verify: {store} ({report.teacher} on {report.device}, {report.seconds:.1f} s)",
+                  caption=f"views rendered by {report.render.get('store')} at extraction, "
+                          f"re-rendered by {report.render.get('replay')}")
     table.add_column("check")
     table.add_column("result")
     table.add_column("summary", overflow="fold")

@@ -20,7 +20,17 @@ import typer
 from rich.table import Table
 
 from dpal_cache.cli import app
-from dpal_cache.cli.common import CONFIG_HELP, SET_HELP, console, fail, progress_bar, resolve_config, setup_logging
+from dpal_cache.cli.common import (
+    CONFIG_HELP,
+    RENDER_DEVICE_HELP,
+    SET_HELP,
+    console,
+    fail,
+    progress_bar,
+    render_mode,
+    resolve_config,
+    setup_logging,
+)
 from dpal_cache.train.config import TrainConfig
 
 
@@ -28,7 +38,7 @@ def _user_errors() -> tuple[type[Exception], ...]:
     """What a user can get wrong before the first step (ConfigError is a ValueError); each message says what to do."""
     from dpal_cache.data.sources import SourceError
     from dpal_cache.store.io import StoreError
-    from dpal_cache.train.data import StoreMismatch
+    from dpal_cache.train.errors import StoreMismatch
 
     return (StoreMismatch, StoreError, SourceError, FileExistsError, FileNotFoundError, ImportError, ValueError)
 
@@ -95,6 +105,7 @@ def train_command(
     lr: float | None = typer.Option(None, "--lr", help="Base learning rate, scaled by global batch / 256."),
     workers: int | None = typer.Option(None, "--workers", help="DataLoader workers per process (default 4)."),
     device: str | None = typer.Option(None, "--device", help="auto, cpu, cuda or cuda:N."),
+    render_device: str | None = typer.Option(None, "--render-device", help=RENDER_DEVICE_HELP),
     ema: float | None = typer.Option(None, "--ema", help="Keep an EMA of the student with this decay (e.g. 0.996)."),
     seed: int | None = typer.Option(None, "--seed", help="Model init and data order."),
     tensorboard: bool | None = typer.Option(None, "--tensorboard/--no-tensorboard", help="Also write TensorBoard "
@@ -132,6 +143,7 @@ def train_command(
     cfg = resolve_config(
         TrainConfig, config, sets, epochs=epochs, max_steps=max_steps, batch_size=batch_size, workers=workers,
         device=device, ema_decay=ema, seed=seed, tensorboard=tensorboard, background_dir=background_dir,
+        render=render_mode(render_device, device),
         skip_changed=True if skip_changed else None,
         **{"student.name": student, "decoder.kind": decoder, "optim.base_lr": lr},
     )

@@ -90,10 +90,14 @@ class Catalog:
     def __len__(self) -> int:
         return len(self.source)
 
-    def load(self, index: int) -> np.ndarray:
-        """Decoded RGB uint8 (H, W, 3) of image ``index``; raises ImageUnavailable."""
+    def check_available(self, index: int) -> None:
+        """ImageUnavailable when image ``index`` failed its scan."""
         if not self.ok_mask[index]:
             raise ImageUnavailable(index, "failed_scan", "recorded as failed in the manifest")
+
+    def read(self, index: int) -> bytes:
+        """The bytes of image ``index``, checked against the scan's content hash; raises ImageUnavailable."""
+        self.check_available(index)
         try:
             data = self.source.read(index)
         except SourceReadError as exc:
@@ -102,10 +106,23 @@ class Catalog:
             raise ImageUnavailable(
                 index, "changed", f"{self.source.path(index)} differs from the manifest (content hash)"
             )
+        return data
+
+    def load(self, index: int) -> np.ndarray:
+        """Decoded RGB uint8 (H, W, 3) of image ``index``; raises ImageUnavailable."""
+        return self.load_packed(index, lambda data: decode_rgb(data, self.decode))
+
+    def load_packed(self, index: int, pack, channels_first: bool = False):
+        """``pack(bytes)`` of image ``index`` (its decoded pixels, (H, W, 3) or with ``channels_first`` (3, H, W),
+        or its bytes for a device decoder), checked like ``load``: hash, decode errors, and the decoded size of
+        pixels; raises ImageUnavailable."""
+        data = self.read(index)
         try:
-            rgb = decode_rgb(data, self.decode)
+            out = pack(data)
         except ImageDecodeError as exc:
             raise ImageUnavailable(index, exc.reason, exc.detail) from None
-        if tuple(rgb.shape[:2]) != tuple(self.sizes[index]):
-            raise ImageUnavailable(index, "changed", f"decoded size {rgb.shape[:2]} differs from the manifest")
-        return rgb
+        if len(out.shape) == 3:  # pixels: their size must be the scanned one
+            hw = tuple(out.shape[1:]) if channels_first else tuple(out.shape[:2])
+            if hw != tuple(self.sizes[index]):
+                raise ImageUnavailable(index, "changed", f"decoded size {hw} differs from the manifest")
+        return out

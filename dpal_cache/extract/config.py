@@ -17,7 +17,7 @@ from dpal_cache.config import check
 from dpal_cache.data.decode import DecodeConfig
 from dpal_cache.views.config import ViewsConfig
 
-RUNTIME_FIELDS = ("batch_size", "workers", "device", "checkpoint")
+RUNTIME_FIELDS = ("batch_size", "workers", "device", "render", "checkpoint")
 
 
 @dataclass(frozen=True)
@@ -40,6 +40,9 @@ class ExtractConfig:
     batch_size: int = 32  # images per teacher batch (x views or crowds per image)
     workers: int = -1  # DataLoader workers decoding/rendering; -1 = one per core minus one, 0 = main process
     device: str = "auto"  # auto = cuda when available, else cpu
+    # where views and crowds are rendered: workers (CPU, per image), device (batched where the teacher runs, GPU
+    # JPEG decoding on CUDA); auto = device on CUDA. The store records the backend it was made with.
+    render: Literal["auto", "workers", "device"] = "auto"
 
     def __post_init__(self) -> None:
         check(self.shard_images >= 1, "shard_images", "must be >= 1")

@@ -37,7 +37,7 @@ from dpal_cache.data.manifest import manifest_fingerprint
 from dpal_cache.data.sources import FolderSource, ImageSource, SourceError
 from dpal_cache.extract.compute import BlockBuffer, TeacherStep
 from dpal_cache.extract.config import RUNTIME_FIELDS, ExtractConfig
-from dpal_cache.extract.items import ExtractItems, block_batches, collate, worker_context
+from dpal_cache.extract.items import ExtractItems, block_batches, collate, render_batch, worker_context
 from dpal_cache.outputs import OutputRefused, check_apart
 from dpal_cache.store import io as store_io
 from dpal_cache.store.calibration import Calibration, fit_calibration
@@ -45,6 +45,7 @@ from dpal_cache.store.codecs import measure_precision
 from dpal_cache.store.layout import FORMAT_VERSION, STATUS_OK, StoreLayout
 from dpal_cache.store.lock import StoreLock
 from dpal_cache.store.meta import PrecisionInfo, StoreMeta
+from dpal_cache.views.batched import BatchRenderer
 from dpal_cache.views.crowd import RECIPE_LEN
 from dpal_cache.views.params import PARAM_LEN
 
@@ -105,10 +106,17 @@ def make_layout(cfg: ExtractConfig, n_images: int, teacher) -> StoreLayout:
     )
 
 
+def render_backend(render: str, device: torch.device) -> str:
+    """What renders a store's views, as its identity records it: ``per-sample/cpu`` (the data workers) or
+    ``batched/<device type>`` (the batched renderer where the teacher runs; GPU JPEG decoding on CUDA)."""
+    return "per-sample/cpu" if render == "workers" else f"batched/{device.type}"
+
+
 def new_store_meta(cfg: ExtractConfig, layout: StoreLayout, teacher, manifest: pa.Table, source: ImageSource,
-                   autocast: str = "none") -> StoreMeta:
-    """The metadata of a new store. ``autocast`` (bf16 on CUDA, else none) joins the identity: a store
-    must not mix blocks computed in bf16 with blocks computed in fp32."""
+                   autocast: str = "none", render: str = "per-sample/cpu") -> StoreMeta:
+    """The metadata of a new store. ``autocast`` (bf16 on CUDA, else none) and ``render`` (the renderer's
+    backend) join the identity: a store must not mix blocks computed in bf16 with blocks in fp32, nor views
+    of two renderers."""
     return StoreMeta(
         format_version=FORMAT_VERSION,
         dpal_cache_version=__version__,
@@ -116,7 +124,7 @@ def new_store_meta(cfg: ExtractConfig, layout: StoreLayout, teacher, manifest: p
         teacher=teacher.describe(),
         views=to_dict(cfg.views),
         precision=PrecisionInfo(cfg.token_precision, cfg.map_precision, cfg.mask_at_extract),
-        identity={**store_identity(cfg), "autocast": autocast},
+        identity={**store_identity(cfg), "autocast": autocast, "render": render},
         extract_config=to_dict(cfg),
         manifest_fingerprint=manifest_fingerprint(manifest),
         source=source.describe(),
@@ -205,11 +213,14 @@ class ExtractSession:
         catalog = Catalog(source, manifest, cfg.decode)
         bg_dir = cfg.views.crowd.background_dir
         backgrounds = Backgrounds(FolderSource(bg_dir), cfg.decode) if bg_dir is not None else None
-        self.dataset = ExtractItems(catalog, cfg.views, backgrounds)
+        self.render = cfg.render if cfg.render != "auto" else ("device" if self.device.type == "cuda" else "workers")
+        self.renderer = BatchRenderer(self.device)
+        self.dataset = ExtractItems(catalog, cfg.views, backgrounds, render=self.render)
         self.layout = make_layout(cfg, len(catalog), self.teacher)
         self.step = TeacherStep(self.teacher, self.device, amp=cfg.amp, gram=cfg.gram)
         autocast = "bf16" if self.step.amp else "none"
-        self.meta = new_store_meta(cfg, self.layout, self.teacher, manifest, source, autocast)
+        self.meta = new_store_meta(cfg, self.layout, self.teacher, manifest, source, autocast,
+                                   render_backend(self.render, self.device))
 
     def open_or_create(self, out: str, overwrite: bool = False, storage_options: dict | None = None):
         """``open_or_create_store`` for this session's layout, attributes, manifest and images."""
@@ -230,6 +241,7 @@ class ExtractSession:
         batches = [chosen[i : i + cfg.batch_size] for i in range(0, len(chosen), cfg.batch_size)]
         outs, crowd_outs, crowd_images = [], [], 0
         for batch in self._loader(batches, workers):
+            batch = render_batch(batch, self.cfg.views, self.renderer)
             # the fit needs the views only; crowd maps only measure the map codec's error, which the
             # first CALIBRATION_CROWD_IMAGES images measure as well (each map is Lc attention rows),
             # instead of paying crowd forwards for every calibration image (about half of the pass)
@@ -293,6 +305,7 @@ class ExtractSession:
             pending: list[Future] = []
             buffers: dict[int, BlockBuffer] = {}
             for batch in self._loader(block_batches(layout, blocks, self.cfg.batch_size), workers):
+                batch = render_batch(batch, self.cfg.views, self.renderer)
                 block = int(batch["index"][0]) // layout.shard_images
                 buf = buffers.setdefault(block, BlockBuffer(layout, block, self.cfg.mask_at_extract))
                 buf.add(batch, self.step(batch), calib)

@@ -48,6 +48,7 @@ import torch
 
 from dpal_cache.config import ConfigError, from_dict
 from dpal_cache.data.catalog import Catalog, ImageUnavailable
+from dpal_cache.data.device_decode import decode_sources, pack_source
 from dpal_cache.data.manifest import manifest_fingerprint
 from dpal_cache.data.sources import open_source
 from dpal_cache.store.calibration import mask_score
@@ -128,6 +129,7 @@ class VerifyReport:
     teacher: str
     device: str
     seconds: float = 0.0
+    render: dict[str, str] = field(default_factory=dict)  # the store's renderer and the replay's
 
     @property
     def passed(self) -> bool:
@@ -147,6 +149,7 @@ class VerifyReport:
             "teacher": self.teacher,
             "device": self.device,
             "seconds": self.seconds,
+            "render": self.render,
             "sampled": self.sampled,
             "tolerance": dataclasses.asdict(self.tolerance),
             "checks": [dataclasses.asdict(c) for c in self.checks],
@@ -377,7 +380,7 @@ class _Rendered:
 class _Replayer:
     """Reads sources through the catalog, re-renders from stored params and recipes, and runs the teacher."""
 
-    def __init__(self, reader: StoreReader, catalog: Catalog, teacher, device: torch.device):
+    def __init__(self, reader: StoreReader, catalog: Catalog, teacher, device: torch.device, batched: bool = False):
         from dpal_cache.extract.compute import TeacherStep
 
         self.reader = reader
@@ -385,15 +388,25 @@ class _Replayer:
         self.catalog = catalog
         self.step = TeacherStep(teacher, device, amp=False, gram=layout.gram)  # float32: the reference
         self.backgrounds = reader.backgrounds
+        self.batched = batched  # the batched renderer on the teacher's device, else per sample on the CPU
+        self.device = device
         self.checked: dict[int, str] = {}  # image -> "" (matches the manifest) or why it cannot be used
         self.anchors: set[int] = set()
         self.source_problems: list[str] = []
         self.render_problems: list[str] = []
 
-    def _load(self, index: int, loaded: dict[int, np.ndarray]) -> np.ndarray:
+    def _fetch(self, index: int):
+        """The image as the renderer takes it: decoded pixels, or (batched) bytes or pixels for the device."""
+        if not self.batched:
+            return self.catalog.load(index)
+        size = (int(self.catalog.sizes[index, 0]), int(self.catalog.sizes[index, 1]))
+        return self.catalog.load_packed(index, lambda data: pack_source(data, self.catalog.decode, True, size),
+                                        channels_first=True)
+
+    def _load(self, index: int, loaded: dict):
         if index not in loaded:
             try:
-                loaded[index] = self.catalog.load(index)
+                loaded[index] = self._fetch(index)
                 self.checked[index] = ""
             except ImageUnavailable as exc:
                 if index not in self.checked:
@@ -406,34 +419,70 @@ class _Replayer:
 
     def render(self, images: list[int]) -> _Rendered:
         """Re-render ``images`` from the store's params and recipes; images that cannot be are left out."""
+        from dpal_cache.views.crowd import CrowdRecipe
+
+        c = self.layout.crowds_per_image
+        usable, loaded, backgrounds = [], {}, {}
+        for i in images:
+            try:
+                self._load(i, loaded)
+                for vec in self.reader.recipes[i * c:(i + 1) * c] if c else []:
+                    recipe = CrowdRecipe.from_vector(vec)
+                    for j in recipe.dataset_indices():
+                        self._load(j, loaded)
+                    if recipe.background_kind == "folder" and recipe.background_index not in backgrounds:
+                        bg = self.backgrounds
+                        backgrounds[recipe.background_index] = (
+                            pack_source(bg.source.read(recipe.background_index), bg.decode, False)
+                            if self.batched else bg.load(recipe.background_index))
+            except ImageUnavailable:
+                continue  # counted by the source check
+            except (ValueError, KeyError, AttributeError) as exc:
+                _add_problem(self.render_problems, f"image {i}: stored params/recipes do not render: {exc}")
+                continue
+            usable.append(i)
+        try:
+            return self._render_batched(usable, loaded, backgrounds) if self.batched else self._render_each(
+                usable, loaded, backgrounds)
+        except (ValueError, KeyError, AttributeError) as exc:
+            _add_problem(self.render_problems, f"images {usable}: stored params/recipes do not render: {exc}")
+            return _Rendered()
+
+    def _render_each(self, images: list[int], loaded: dict, backgrounds: dict) -> _Rendered:
         from dpal_cache.views.crowd import CrowdRecipe, render_crowd
         from dpal_cache.views.render import render_view
 
         v, c = self.layout.views_per_image, self.layout.crowds_per_image
         out = _Rendered()
         for i in images:
-            loaded: dict[int, np.ndarray] = {}
-            try:
-                rgb = self._load(i, loaded)
-                params = self.reader.params[i * v:(i + 1) * v]  # (V, PARAM_LEN) float64
-                views = torch.stack([render_view(rgb, p) for p in params])  # (V, 3, H, W)
-                crowds = []
-                for vec in self.reader.recipes[i * c:(i + 1) * c] if c else []:
-                    recipe = CrowdRecipe.from_vector(vec)
-                    for j in recipe.dataset_indices():
-                        self._load(j, loaded)
-                    background = None
-                    if recipe.background_kind == "folder":
-                        background = self.backgrounds.load(recipe.background_index)
-                    crowds.append(render_crowd(recipe, loaded, background))
-            except ImageUnavailable:
-                continue  # counted by the source check
-            except (ValueError, KeyError, AttributeError) as exc:
-                _add_problem(self.render_problems, f"image {i}: stored params/recipes do not render: {exc}")
-                continue
+            views = torch.stack([render_view(loaded[i], p) for p in self.reader.params[i * v:(i + 1) * v]])
+            crowds = []
+            for vec in self.reader.recipes[i * c:(i + 1) * c] if c else []:
+                recipe = CrowdRecipe.from_vector(vec)
+                crowds.append(render_crowd(recipe, loaded, backgrounds.get(recipe.background_index)))
             out.index.append(i)
             out.views.append(views)
             out.crowds.append(torch.stack(crowds) if crowds else torch.zeros((0, 3, 1, 1), dtype=torch.uint8))
+        return out
+
+    def _render_batched(self, images: list[int], loaded: dict, backgrounds: dict) -> _Rendered:
+        from dpal_cache.views.batched import BatchRenderer
+
+        out = _Rendered()
+        if not images:
+            return out
+        v, c = self.layout.views_per_image, self.layout.crowds_per_image
+        decoded = dict(zip(loaded, decode_sources(list(loaded.values()), self.device)))
+        bgs = dict(zip(backgrounds, decode_sources(list(backgrounds.values()), self.device)))
+        renderer = BatchRenderer(self.device)
+        views = renderer.views([decoded[i] for i in images for _ in range(v)],
+                               [p for i in images for p in self.reader.params[i * v:(i + 1) * v]])
+        crowds = renderer.crowds([r for i in images for r in self.reader.recipes[i * c:(i + 1) * c]], decoded,
+                                 bgs) if c else None
+        for k, i in enumerate(images):
+            out.index.append(i)
+            out.views.append(views[k * v:(k + 1) * v])
+            out.crowds.append(crowds[k * c:(k + 1) * c] if c else torch.zeros((0, 3, 1, 1), dtype=torch.uint8))
         return out
 
     def run(self, rendered: _Rendered) -> dict[str, np.ndarray]:
@@ -567,6 +616,7 @@ def verify_store(
     tolerance: Tolerance | Mapping[str, float] | None = None,
     batch_size: int | None = None,
     storage_options: dict | None = None,
+    render: str = "auto",
 ) -> VerifyReport:
     """Verify the store at ``url`` against its images at ``data`` (see the module docstring).
 
@@ -579,6 +629,8 @@ def verify_store(
         device: auto, cpu, cuda or cuda:N; the teacher runs in float32 there.
         tolerance: limits, or a mapping of fields overriding the defaults of the store's precision.
         batch_size: images per teacher batch (default: the store's extract batch size).
+        render: ``workers`` (per sample, CPU) or ``device`` (batched, on ``device``) replay; ``auto``: the kind
+            of renderer the store was made with (its identity records it).
 
     Raises:
         StoreError: no store at ``url``; VerifyError: the teacher/checkpoint is not the store's.
@@ -600,6 +652,8 @@ def verify_store(
     dev = resolve_device(device)
     teacher = load_store_teacher(meta, checkpoint, teacher).to(dev).eval()
 
+    stored_render = str(meta.identity.get("render", "per-sample/cpu"))
+    replay_render = render if render != "auto" else ("device" if stored_render.startswith("batched") else "workers")
     checks = [check_completeness(reader)]
     chosen = sample_images(status, sample, seed)
     log.info("verifying %s: %d of %d ok images sampled, teacher %s on %s", url, len(chosen),
@@ -618,7 +672,7 @@ def verify_store(
     elif reader.calibration is None:
         checks += [_not_run(name, "the store has no calibration") for name in ("source", "replay", "precision")]
     else:
-        replayer = _Replayer(reader, catalog, teacher, dev)
+        replayer = _Replayer(reader, catalog, teacher, dev, batched=replay_render == "device")
         replay, codec, replayed, mask = _replay(reader, replayer, chosen, batch_size or cfg.batch_size, tol)
         checks.append(_source_check(replayer, chosen))
         problems = replayer.render_problems
@@ -630,6 +684,8 @@ def verify_store(
             checks[-1].details["mask_at_extract"] = mask
         checks.append(_stats_check("precision", codec, layout, tol, [], replayed, len(chosen)))
     report = VerifyReport(url=url, checks=checks, sampled=chosen.tolist(), tolerance=tol,
-                          teacher=meta.teacher_name, device=str(dev), seconds=time.perf_counter() - start)
+                          teacher=meta.teacher_name, device=str(dev), seconds=time.perf_counter() - start,
+                          render={"store": stored_render,
+                                  "replay": "per-sample/cpu" if replay_render == "workers" else f"batched/{dev.type}"})
     log.info("verify %s: %s in %.1fs", url, "passed" if report.passed else "FAILED", report.seconds)
     return report

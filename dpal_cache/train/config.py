@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from dpal_cache.config import check
 from dpal_cache.train.decoders.config import DecoderConfig
@@ -55,6 +56,8 @@ class TrainConfig:
     checkpoint_every: int = 500  # optimizer steps between checkpoints (and one at the end)
     log_every: int = 10  # optimizer steps between metric lines
     device: str = "auto"
+    render: Literal["auto", "workers", "device"] = "auto"  # inputs rendered by the data workers (CPU) or on the
+    # training device in batches (GPU decode + batched renderer); auto = device on CUDA, workers on the CPU
     local_crops: LocalCropConfig | None = None  # student-only crops; null = the store's views config
     background_dir: Path | None = None  # crowd backgrounds on this machine; null = the path stored at extract
     skip_changed: bool = False  # drop images whose bytes changed since the scan instead of failing

@@ -1,4 +1,4 @@
-"""Training samples from a feature store: cached teacher targets plus re-rendered student inputs.
+"""Training samples from a feature store: cached teacher targets plus re-rendered student inputs (inputs.py).
 
 Per sample (one usable image): one of its cached global views, picked per epoch from
 (seed, epoch, index) and re-rendered from its stored parameters (on the extracting machine, the
@@ -17,7 +17,6 @@ persistent workers never need to be told about a new epoch.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -25,24 +24,18 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from dpal_cache.config import from_dict
-from dpal_cache.data.backgrounds import Backgrounds
-from dpal_cache.data.catalog import Catalog, ImageUnavailable
+from dpal_cache.data.catalog import ImageUnavailable
 from dpal_cache.data.sources import ImageSource
 from dpal_cache.store.codecs import RELATION_ARRAYS, TARGET_ARRAYS, as_targets
 from dpal_cache.store.errors import StoreError
 from dpal_cache.store.reader import StoreReader
+from dpal_cache.train.errors import StoreMismatch
+from dpal_cache.train.inputs import SampleInputs
 from dpal_cache.train.sampler import STREAM_EPOCH_CROWD, STREAM_EPOCH_VIEW, EpochSampler
 from dpal_cache.views.config import LocalCropConfig, ViewsConfig
-from dpal_cache.views.crowd import CrowdRecipe, render_crowd
-from dpal_cache.views.local import local_crops
 from dpal_cache.views.params import uniforms
-from dpal_cache.views.render import render_view
 
 log = logging.getLogger(__name__)
-
-
-class StoreMismatch(Exception):
-    """The store cannot serve this training run; the message says what to do."""
 
 
 def sample_keys(keys: list[int], images: np.ndarray) -> tuple[list[int], list[int]]:
@@ -57,67 +50,6 @@ def epoch_choice(seed: int, stream: int, index: int, epoch: int, n: int) -> int:
     return min(n - 1, int(uniforms(seed, stream, index, epoch, 0, 1)[0] * n))
 
 
-def render_sample(catalog: Catalog, index: int, epoch: int, view_params: np.ndarray, recipe: np.ndarray,
-                  local_crop_cfg: LocalCropConfig, seed: int, backgrounds: Backgrounds | None = None):
-    """The student inputs of one sample: the global view rendered from its parameter vector (bitwise
-    the pixels the teacher saw), fresh local crops, the crowd image rendered from its recipe vector.
-
-    Returns:
-        (global view uint8 (3, H, W), list of uint8 (3, h, w) crops, crowd uint8 (3, Hc, Wc)).
-    Raises:
-        ImageUnavailable: the image or one of its crowd partners cannot be used.
-    """
-    rgb = catalog.load(index)
-    global_view = render_view(rgb, view_params)
-    crops = local_crops(local_crop_cfg, seed, epoch, index, rgb)
-    crowd = CrowdRecipe.from_vector(recipe)
-    loaded = {index: rgb}
-    for j in crowd.dataset_indices():
-        if j not in loaded:
-            loaded[j] = catalog.load(j)
-    background = None
-    if crowd.background_kind == "folder":
-        if backgrounds is None:
-            raise StoreMismatch("the store's crowds use a background folder: pass background_dir")
-        background = backgrounds.load(crowd.background_index)
-    return global_view, crops, render_crowd(crowd, loaded, background)
-
-
-def render_inputs(images: list[int], epochs: list[int], render: Callable[[int], tuple], views: ViewsConfig,
-                  local_crop_cfg: LocalCropConfig, skip_changed: bool) -> dict[str, torch.Tensor]:
-    """The input half of a batch: ``render(k)`` renders sample ``k`` (render_sample's triple).
-
-    An image that changed since the scan is an error, or with ``skip_changed`` a blank sample
-    whose ``valid`` entry is False.
-    """
-    globals_, locals_, crowds, valid = [], [], [], []
-    for k in range(len(images)):
-        try:
-            g, loc, crowd = render(k)
-            valid.append(True)
-        except ImageUnavailable as exc:
-            if not (skip_changed and exc.reason in ("changed", "missing", "unreadable")):
-                raise StoreMismatch(
-                    f"{exc}. The source no longer matches the store's manifest: restore the file, "
-                    "re-run scan + extract, or train with --skip-changed"
-                ) from None
-            g = torch.zeros((3, *views.global_view.size), dtype=torch.uint8)
-            loc = [torch.zeros((3, *local_crop_cfg.size), dtype=torch.uint8)] * local_crop_cfg.count
-            crowd = torch.zeros((3, *views.crowd.size), dtype=torch.uint8)
-            valid.append(False)
-        globals_.append(g)
-        locals_.append(torch.stack(loc))
-        crowds.append(crowd)
-    return {
-        "index": torch.as_tensor(images),
-        "epoch": torch.as_tensor(epochs),
-        "valid": torch.as_tensor(valid),
-        "global_view": torch.stack(globals_),  # (B, 3, H, W) uint8
-        "local_crops": torch.stack(locals_),  # (B, K, 3, h, w) uint8
-        "crowd": torch.stack(crowds),  # (B, 3, Hc, Wc) uint8
-    }
-
-
 class StoreDataset(Dataset):
     """Samples of the usable images of a complete store; see the module docstring.
 
@@ -128,6 +60,8 @@ class StoreDataset(Dataset):
         local_crop_cfg: student-only crops (default: the store's views config).
         skip_changed: drop images whose bytes changed since the scan instead of failing.
         background_dir: where the crowd backgrounds are on this machine (default: the path stored at extract).
+        render: ``workers`` (inputs rendered in the DataLoader workers) or ``device`` (gathered there, rendered
+            by the loop on its device: ``train/inputs.py``).
     """
 
     def __init__(
@@ -139,6 +73,7 @@ class StoreDataset(Dataset):
         skip_changed: bool = False,
         background_dir: str | None = None,
         storage_options: dict | None = None,
+        render: str = "workers",
     ):
         self.url = url
         try:
@@ -170,6 +105,9 @@ class StoreDataset(Dataset):
         self.v = self.layout.views_per_image
         self.c = self.layout.crowds_per_image
         self.seed = self.meta.seed
+        self.render = render
+        self.inputs = SampleInputs(self.catalog, self.views, self.local_crop_cfg, self.seed, self.backgrounds,
+                                   skip_changed, render)
         self._check_source()
 
     def _check_source(self, samples: int = 4) -> None:
@@ -206,15 +144,10 @@ class StoreDataset(Dataset):
         """A whole batch (already collated): inputs uint8, targets as stored, ``valid`` mask."""
         images, epochs = sample_keys(keys, self.images)
         view_rows, crowd_rows = self.target_rows(images, epochs)
-        targets = self.read_targets(view_rows, crowd_rows)
         params, recipes = self.reader.params, self.reader.recipes
-
-        def render(k: int):
-            return render_sample(self.catalog, images[k], epochs[k], params[view_rows[k]], recipes[crowd_rows[k]],
-                                 self.local_crop_cfg, self.seed, self.backgrounds)
-
-        batch = render_inputs(images, epochs, render, self.views, self.local_crop_cfg, self.skip_changed)
-        return {**batch, **targets}
+        samples = [(i, e, params[v], recipes[c]) for i, e, v, c in zip(images, epochs, view_rows, crowd_rows)]
+        batch = self.inputs(samples)
+        return {**batch, **self.read_targets(view_rows, crowd_rows)}
 
     def target_rows(self, images: list[int], epochs: list[int]) -> tuple[list[int], list[int]]:
         """The view rows and crowd rows that train images ``images`` in ``epochs``."""

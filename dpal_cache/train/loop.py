@@ -35,9 +35,11 @@ from dpal_cache.extract.run import resolve_device
 from dpal_cache.store.codecs import decode_targets
 from dpal_cache.train.checkpoint import load_checkpoint, load_weights, save_checkpoint
 from dpal_cache.train.config import TrainConfig
-from dpal_cache.train.data import StoreDataset, StoreMismatch, make_loader
+from dpal_cache.train.data import StoreDataset, make_loader
 from dpal_cache.train.decoders import build_decoder
 from dpal_cache.train.ema import EMA
+from dpal_cache.train.errors import StoreMismatch
+from dpal_cache.train.inputs import DeviceRender
 from dpal_cache.train.model import DistillModel
 from dpal_cache.train.rundir import check_run_dir
 from dpal_cache.train.sampler import EpochSampler
@@ -48,7 +50,7 @@ log = logging.getLogger(__name__)
 
 LOSS_KEYS = ("loss", "global", "local", "relation", "router_ce", "expert_l2")
 # may differ between a run and its resume: they decide how far, where and how the run goes, not its values
-RUNTIME_FIELDS = ("max_steps", "workers", "device", "log_every", "checkpoint_every", "tensorboard",
+RUNTIME_FIELDS = ("max_steps", "workers", "device", "render", "log_every", "checkpoint_every", "tensorboard",
                   "background_dir", "skip_changed")
 Progress = Callable[[dict[str, Any]], None]
 
@@ -194,8 +196,16 @@ def train(
     dataset = StoreDataset(store, source, relation=cfg.loss.relation, local_crop_cfg=cfg.local_crops,
                            skip_changed=cfg.skip_changed,
                            background_dir=str(cfg.background_dir) if cfg.background_dir else None,
-                           storage_options=storage_options)
+                           storage_options=storage_options, render=render_mode(cfg))
     return run_training(cfg, dataset, run_dir, resume, progress, store_ref=store)
+
+
+def render_mode(cfg: TrainConfig) -> str:
+    """Where the inputs are rendered: ``device`` (the batched renderer, where the model runs) for ``render:
+    device``, or ``auto`` on CUDA; ``workers`` (per sample, on the CPU) otherwise."""
+    if cfg.render != "auto":
+        return cfg.render
+    return "device" if resolve_device(cfg.device).type == "cuda" else "workers"
 
 
 def run_training(
@@ -209,7 +219,7 @@ def run_training(
     configs: dict[str, Any] | None = None,
 ) -> TrainSummary:
     """The loop, for any dataset that serves StoreDataset's batches (``views``, ``layout``,
-    ``token_stats``, ``token_scales``, ``meta``, ``seed``, ``groups``); ``prepare`` completes a batch on the
+    ``token_stats``, ``token_scales``, ``meta``, ``seed``, ``groups``, ``render``); ``prepare`` completes a batch on the
     device (online mode
     computes the teacher targets there). ``progress`` gets each step's record plus ``total_steps``;
     ``configs`` (file name -> config dataclass) are saved into the run's folder next to its own. Callers check the
@@ -275,6 +285,9 @@ def run_training(
         # a resume drops the lines logged after its checkpoint; a new run those of one that died before any
         truncate_metrics(run_dir / "metrics.jsonl", step)
 
+    if dataset.render == "device":  # the workers gathered sources and parameters: render here first
+        prepare = DeviceRender(dataset.views, dataset.local_crop_cfg, device, then=prepare)
+        log.info("rendering inputs on %s (batched)", device)
     sampler = EpochSampler(**sampler_args, start_epoch=epoch, start_batch=batch_in_epoch)
     token_scales = torch.as_tensor(dataset.token_scales, device=device)
     loader = make_loader(dataset, sampler, cfg.workers, pin_memory=device.type == "cuda")

@@ -44,14 +44,10 @@ from dpal_cache.store.calibration import Calibration
 from dpal_cache.store.codecs import as_targets, encode_outputs
 from dpal_cache.store.layout import STATUS_OK
 from dpal_cache.train.config import TrainConfig
-from dpal_cache.train.data import (
-    StoreMismatch,
-    epoch_choice,
-    render_inputs,
-    render_sample,
-    sample_keys,
-)
-from dpal_cache.train.loop import Progress, TrainSummary, run_training
+from dpal_cache.train.data import epoch_choice, sample_keys
+from dpal_cache.train.errors import StoreMismatch
+from dpal_cache.train.inputs import SampleInputs
+from dpal_cache.train.loop import Progress, TrainSummary, render_mode, run_training
 from dpal_cache.train.rundir import check_run_dir
 from dpal_cache.train.sampler import STREAM_EPOCH_CROWD, STREAM_EPOCH_VIEW
 from dpal_cache.views.config import LocalCropConfig
@@ -72,10 +68,11 @@ class OnlineDataset(Dataset):
         calib: its calibration (target statistics for ``normalize_targets``).
         local_crop_cfg: student-only crops (default: the views config's).
         skip_changed: drop images whose bytes changed since the scan instead of failing.
+        render: ``workers`` or ``device``, as for ``StoreDataset``.
     """
 
     def __init__(self, session: ExtractSession, calib: Calibration, local_crop_cfg: LocalCropConfig | None = None,
-                 skip_changed: bool = False):
+                 skip_changed: bool = False, render: str = "workers"):
         self.views = session.cfg.views
         if self.views.crowds_per_image == 0:
             raise StoreMismatch("the extract config has crowds_per_image 0: the relation loss needs crowd images")
@@ -93,6 +90,9 @@ class OnlineDataset(Dataset):
         self.groups = self.images // self.layout.shard_images  # the store's blocks: the same order as from a store
         self.v = self.views.views_per_image
         self.c = self.views.crowds_per_image
+        self.render = render
+        self.inputs = SampleInputs(self.catalog, self.views, self.local_crop_cfg, self.seed, self.backgrounds,
+                                   skip_changed, render)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -101,21 +101,18 @@ class OnlineDataset(Dataset):
         return self.__getitems__([key])
 
     def __getitems__(self, keys: list[int]) -> dict[str, Any]:
-        """A whole batch: index, epoch, valid, global_view, local_crops, crowd (uint8)."""
+        """A whole batch: index, epoch, valid and the inputs (``SampleInputs``), no targets."""
         images, epochs = sample_keys(keys, self.images)
         bg_sizes = self.backgrounds.sizes if self.backgrounds is not None else None
-        cat = self.catalog
-
-        def render(k: int):
-            index, epoch = images[k], epochs[k]
+        cat, samples = self.catalog, []
+        for index, epoch in zip(images, epochs):
             view = epoch_choice(self.seed, STREAM_EPOCH_VIEW, index, epoch, self.v)
             crowd = epoch_choice(self.seed, STREAM_EPOCH_CROWD, index, epoch, self.c)
             size = (int(cat.sizes[index, 0]), int(cat.sizes[index, 1]))  # the decoded size, checked on load
             params = global_view_params(self.views.global_view, self.seed, index, view, size).to_vector()
             recipe = make_recipe(self.views, self.seed, index, crowd, cat.ok, cat.sizes, bg_sizes).to_vector()
-            return render_sample(cat, index, epoch, params, recipe, self.local_crop_cfg, self.seed, self.backgrounds)
-
-        return render_inputs(images, epochs, render, self.views, self.local_crop_cfg, self.skip_changed)
+            samples.append((index, epoch, params, recipe))
+        return self.inputs(samples)
 
 
 class TeacherTargets:
@@ -204,7 +201,7 @@ def train_online(
     device = _training_device(cfg)
     session = ExtractSession(dataclasses.replace(extract_cfg, device=str(device)), source, manifest, teacher)
     calib = session.calibrate(cfg.workers)
-    dataset = OnlineDataset(session, calib, cfg.local_crops, cfg.skip_changed)
+    dataset = OnlineDataset(session, calib, cfg.local_crops, cfg.skip_changed, render_mode(cfg))
     prepare = TeacherTargets(session, calib, cfg.loss.relation)
     name = session.teacher.describe()["name"]
     log.info("online mode: teacher %s on %s, %d images", name, session.device, len(dataset))

@@ -6,29 +6,22 @@
 
 The output is channels-first uint8, the layout models and ``normalize`` take. Order of
 operations (as the release): crop + resize (bicubic, antialias) -> flip -> colour jitter in
-the drawn order -> grayscale -> Gaussian blur. Resize, flip and jitter are
-torchvision.transforms.v2.functional on CPU uint8 tensors, which is deterministic: rendering
-the same parameters twice, in any process or thread count, gives identical bytes on one
-machine. Jitter ops whose factor is the identity are skipped (a hue shift of 0 through HSV
-is not exactly the identity on uint8).
-
-The blur is :func:`gaussian_blur`, not torchvision's: same kernel (torchvision's 1-D
-Gaussian), same reflect padding, one rounding at the end, but separable and written as
-shifted weighted sums, ~10x faster on CPU (torchvision runs a dense k x k depthwise conv,
-which dominated replay cost). It differs from torchvision by at most 1 grey level on a few
-pixels in 100k (tested); elementwise ops only, so no thread-count dependence.
+the drawn order -> grayscale -> Gaussian blur. The resize is torchvision's uint8 resize on the
+CPU; every later step is an operation of ``views/ops.py``, the same code the batched renderer
+(``views/batched.py``) runs on whole batches, so both renderers give the same bytes (the batched
+one emulates the uint8 resize exactly). Rendering the same parameters twice, in any process or
+thread count, gives identical bytes on one machine. Jitter ops whose factor is the identity are
+skipped (a hue shift of 0 through HSV is not exactly the identity on uint8).
 """
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
-import torch.nn.functional as NF
 import torchvision.transforms.v2.functional as TF
 from torchvision.transforms import InterpolationMode
 
+from dpal_cache.views import ops
 from dpal_cache.views.params import ViewParams
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -43,41 +36,21 @@ def to_chw(image: np.ndarray | torch.Tensor) -> torch.Tensor:
     return t.permute(2, 0, 1)
 
 
-def _jitter(x: torch.Tensor, p: ViewParams) -> torch.Tensor:
-    for op in p.order:
-        if op == 0 and p.brightness != 1.0:
-            x = TF.adjust_brightness(x, p.brightness)
-        elif op == 1 and p.contrast != 1.0:
-            x = TF.adjust_contrast(x, p.contrast)
-        elif op == 2 and p.saturation != 1.0:
-            x = TF.adjust_saturation(x, p.saturation)
-        elif op == 3 and p.hue != 0.0:
-            x = TF.adjust_hue(x, p.hue)
-    return x
+def apply_params(x: torch.Tensor, params: list[ViewParams]) -> torch.Tensor:
+    """Everything after crop + resize, for a batch of views of one size: uint8 (B, 3, h, w) on any device."""
+    device = x.device
 
+    def flag(name: str) -> torch.Tensor:  # (B,) bool
+        return torch.tensor([bool(getattr(p, name)) for p in params], device=device)
 
-def gaussian_kernel1d(kernel: int, sigma: float) -> torch.Tensor:
-    """torchvision's 1-D Gaussian: taps at integer offsets, exp(-t^2 / (2 sigma^2)), summing to 1."""
-    lim = (kernel - 1) / (2.0 * math.sqrt(2.0))
-    x = torch.linspace(-lim, lim, steps=kernel, dtype=torch.float32)
-    return torch.softmax(x.div(sigma).pow(2).neg(), dim=0)
-
-
-def gaussian_blur(x: torch.Tensor, kernel: int, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur of uint8 (C, H, W) with reflect padding -> uint8 (C, H, W)."""
-    c, h, w = x.shape
-    r = kernel // 2
-    if r >= min(h, w):
-        raise ValueError(f"blur kernel {kernel} is too large for a {h}x{w} image (reflect padding)")
-    taps = gaussian_kernel1d(kernel, sigma).tolist()
-    padded = NF.pad(x.to(torch.float32).unsqueeze(0), [r, r, r, r], mode="reflect")[0]  # (C, H+2r, W+2r)
-    rows = padded[:, :, 0:w] * taps[0]  # (C, H+2r, W): horizontal pass
-    for i in range(1, kernel):
-        rows.add_(padded[:, :, i : i + w], alpha=taps[i])
-    out = rows[:, 0:h] * taps[0]  # (C, H, W): vertical pass
-    for i in range(1, kernel):
-        out.add_(rows[:, i : i + h], alpha=taps[i])
-    return out.round_().clamp_(0, 255).to(torch.uint8)
+    x = ops.flip(x, flag("flip"))
+    jitter = flag("jitter")
+    if bool(jitter.any()):
+        factors = torch.tensor([(p.brightness, p.contrast, p.saturation, p.hue) for p in params], dtype=torch.float64,
+                               device=device)
+        x = ops.jitter(x, factors, torch.tensor([p.order for p in params], device=device), jitter)
+    x = ops.grayscale(x, flag("grayscale"))
+    return ops.gaussian_blur(x, [p.kernel for p in params], [p.sigma for p in params], flag("blur"))
 
 
 def render_view(image: np.ndarray | torch.Tensor, params: ViewParams | np.ndarray) -> torch.Tensor:
@@ -96,16 +69,8 @@ def render_view(image: np.ndarray | torch.Tensor, params: ViewParams | np.ndarra
         raise ValueError(f"view was drawn for a {p.img_size} image, got {tuple(src.shape[1:])}")
     top, left, h, w = p.box
     crop = src[:, top : top + h, left : left + w].contiguous()  # (3, h, w)
-    x = TF.resize(crop, list(p.out_size), interpolation=InterpolationMode.BICUBIC, antialias=True)
-    if p.flip:
-        x = TF.horizontal_flip(x)
-    if p.jitter:
-        x = _jitter(x, p)
-    if p.grayscale:
-        x = TF.rgb_to_grayscale(x, num_output_channels=3)
-    if p.blur:
-        x = gaussian_blur(x, p.kernel, p.sigma)
-    return x.contiguous()  # (3, out_h, out_w) uint8
+    x = resize(crop, p.out_size)
+    return apply_params(x[None], [p])[0].contiguous()  # (3, out_h, out_w) uint8
 
 
 def resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

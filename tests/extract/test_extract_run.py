@@ -166,3 +166,21 @@ def test_mask_at_extract_zeroes_background_tokens(tmp_path, loaded, small_config
     assert np.abs(patches[~background]).sum(-1).min() > 0
     assert got["views/tokens"][:, 0].any()  # class tokens are kept
     assert read_meta(open_store(out)).precision.mask_at_extract == 0.5
+
+
+def test_views_rendered_on_the_teachers_device_make_the_same_store(tmp_path, loaded, small_config):
+    # render: device = the batched renderer where the teacher runs (here the CPU); the store records it
+    source, manifest = loaded
+    extract(small_config(), source, manifest, str(tmp_path / "workers.zarr"))
+    extract(small_config(render="device"), source, manifest, str(tmp_path / "device.zarr"))
+    a, b = arrays(str(tmp_path / "workers.zarr")), arrays(str(tmp_path / "device.zarr"))
+    assert np.array_equal(a["views/params"], b["views/params"]) and np.array_equal(a["crowds/recipe"],
+                                                                                   b["crowds/recipe"])
+    tokens_a, tokens_b = a["views/tokens"].astype(np.float32), b["views/tokens"].astype(np.float32)
+    assert relative_l2(tokens_a, tokens_b) < 1e-2  # inputs within the renderer tolerance
+    if __import__("torch").backends.cpu.get_cpu_capability() in ("AVX2", "AVX512"):
+        assert_same_store(str(tmp_path / "workers.zarr"), str(tmp_path / "device.zarr"))  # the same bytes here
+    renders = [read_meta(open_store(str(tmp_path / f"{m}.zarr"))).identity["render"] for m in ("workers", "device")]
+    assert renders == ["per-sample/cpu", "batched/cpu"]
+    with pytest.raises(StoreError, match="render"):  # a store never mixes two renderers' views
+        extract(small_config(render="device"), source, manifest, str(tmp_path / "workers.zarr"))

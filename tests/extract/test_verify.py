@@ -266,3 +266,13 @@ def test_a_store_passes_verify_on_other_cpu_kernels(fp16_store, images):
     proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
     assert proc.stdout.startswith("DEFAULT True")
+
+
+def test_verify_replays_with_either_renderer_and_reports_both(fp16_store, images, tmp_path):
+    batched = verify_store(fp16_store, images, sample=6, render="device")  # batched renderer, on the CPU here
+    assert batched.passed, [c.problems for c in batched.checks]
+    assert batched.render == {"store": "per-sample/cpu", "replay": "batched/cpu"}
+    device_made = _extract(images, tmp_path / "device.zarr", render="device")
+    auto = verify_store(device_made, images, sample=6)  # auto: the kind of renderer the store was made with
+    assert auto.passed and auto.render == {"store": "batched/cpu", "replay": "batched/cpu"}
+    assert auto.to_dict()["render"] == auto.render
