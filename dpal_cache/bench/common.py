@@ -39,7 +39,7 @@ from dpal_cache.views.config import ViewsConfig
 
 log = logging.getLogger(__name__)
 
-SECTIONS = ("training", "extraction", "store", "loader", "scaling")
+SECTIONS = ("training", "extraction", "store", "loader", "render", "scaling")
 STORE_PATH = Path("extraction") / "feats.zarr"  # the benchmark store, inside the workdir
 
 

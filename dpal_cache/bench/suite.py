@@ -22,7 +22,7 @@ from dpal_cache.bench.targets import judge
 
 log = logging.getLogger(__name__)
 
-ORDER = ("extraction", "store", "training", "loader", "scaling")
+ORDER = ("extraction", "store", "training", "loader", "render", "scaling")
 
 
 def _runner(name: str) -> Callable[[BenchContext], dict[str, Any]]:
@@ -34,6 +34,8 @@ def _runner(name: str) -> Callable[[BenchContext], dict[str, Any]]:
         from dpal_cache.bench.training import run_training_bench as fn
     elif name == "loader":
         from dpal_cache.bench.loader import run_loader_bench as fn
+    elif name == "render":
+        from dpal_cache.bench.render import run_render_bench as fn
     elif name == "scaling":
         from dpal_cache.bench.scaling import run_scaling_bench as fn
     else:
@@ -44,7 +46,7 @@ def _runner(name: str) -> Callable[[BenchContext], dict[str, Any]]:
 def run_suite(settings: BenchSettings, workdir: Path, sections: Iterable[str] = SECTIONS,
               on_section: Callable[[str], None] | None = None,
               on_result: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
-    """Every benchmark in ``sections`` (in the order extraction, store, training, loader, scaling).
+    """Every benchmark in ``sections`` (in the order extraction, store, training, loader, render, scaling).
 
     A benchmark that raises is recorded under ``errors`` (with its traceback) and the others still
     run; ``on_result`` gets the result so far after each benchmark (long runs keep what they measured).

@@ -26,6 +26,22 @@ def judge(sections: dict[str, Any]) -> list[dict[str, Any]]:
                          3.0, best))
         rows.append(_row("cached / in-memory training steps/s", training["best_ratios"]["cached_over_in_memory"],
                          ">=", 0.90, best))
+        if training.get("device", "cpu").startswith("cuda"):
+            rows.append(_row("cached training data-wait fraction (CUDA)", training["data_wait_fraction_cached"], "<=",
+                             0.05, "share of step time the loop waited for its batch"))
+    render = sections.get("render")
+    if render:
+        r = render["ratios"]["batched_over_per_sample"]
+        rows.append(_row("batched / per-sample renderer per CPU core (sample inputs)", r["sample"], ">=", 1.0,
+                         "global view, local crops and crowd per sample, from decoded pixels"))
+        rows.append(_row("batched / per-sample renderer per CPU core (with JPEG decode)", r["sample_decode"], ">=",
+                         1.0))
+        # from the same pixels (a GPU JPEG decoder's own rounding is reported under *_decode, not judged here)
+        same_pixels = [a for name, a in render["agreement"].items() if not name.endswith("_decode")]
+        rows.append(_row("renderers: largest grey-level difference to per-sample",
+                         max(a["max_grey_diff"] for a in same_pixels), "<=", 2, "same decoded pixels"))
+        rows.append(_row("renderers: fraction of values identical to per-sample",
+                         min(a["identical_fraction"] for a in same_pixels), ">=", 0.999, "same decoded pixels"))
     extraction = sections.get("extraction")
     if extraction:
         rows.append(_row("extract / bare teacher images/s", extraction["best_ratio_extract_over_teacher"], ">=",

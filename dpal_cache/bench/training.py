@@ -81,7 +81,7 @@ def _prefetched(store: str, source, batch_size: int, count: int) -> tuple[Any, l
 
 def run_training_bench(ctx: BenchContext) -> dict[str, Any]:
     """Steps/s of the cached, online and in-memory runs, their ratios and the cached data-wait fraction."""
-    from dpal_cache.train.loop import run_training, train
+    from dpal_cache.train.loop import render_mode, run_training, train
     from dpal_cache.train.online import train_online
 
     s = ctx.settings
@@ -124,6 +124,8 @@ def run_training_bench(ctx: BenchContext) -> dict[str, Any]:
     steps_per_s = {m: median(v) for m, v in per_mode.items()}
     best_steps_per_s = {m: max(v) for m, v in best.items()}
     return {
+        "device": s.device,
+        "render": render_mode(_train_config(ctx, run_steps, len(dataset), s.train_workers)),
         "teacher": s.teacher,
         "student": s.student,
         "batch_size": s.batch_size,

@@ -89,6 +89,23 @@ def _tables(result: dict[str, Any]) -> list[Table]:
             mb = r["mb_per_s"][name]
             t.add_row(name, *(f"{_fmt(rates[str(w)])} ({_fmt(mb[str(w)])})" for w in r["workers"]))
         tables.append(t)
+    if "render" in sections:
+        r = sections["render"]
+        paths = list(r["samples_per_s"])
+        t = Table(title=f"render: samples/s, batch {r['batch_size']} ({r['local_crops']} local crops each); "
+                        "CPU paths on one core")
+        t.add_column("inputs", no_wrap=True)
+        for name in paths:
+            t.add_column(name.replace("_", " "))
+        for name in r["ratios"]:
+            t.add_column(name.replace("_over_per_sample", "").replace("_", " ") + " ratio")
+        for kind in r["samples_per_s"]["per_sample"]:
+            t.add_row(kind.replace("_decode", " +jpeg"), *(_fmt(r["samples_per_s"][p][kind]) for p in paths),
+                      *(_fmt(v[kind]) for v in r["ratios"].values()))
+        t.caption = "ratio: samples/s over per sample's. Bytes vs per sample's: " + ", ".join(
+            f"{name} max {a['max_grey_diff']}, {100 * a['identical_fraction']:.3f}% same"
+            for name, a in r["agreement"].items() if not name.startswith("per_sample"))
+        tables.append(t)
     if "scaling" in sections:
         r = sections["scaling"]
         t = Table(title=f"scaling: teacher {r['teacher']}, blocks of {r['shard_images']}")
@@ -139,7 +156,7 @@ def bench_command(
     crowd_size: str | None = typer.Option(None, "--crowd-size", help="Crowd image HxW (default 256x256)."),
     local_size: str | None = typer.Option(None, "--local-size", help="Local crop HxW (default 128x96)."),
     only: str | None = typer.Option(None, "--only", help="Comma-separated subset of training, extraction, store, "
-                                    "loader, scaling."),
+                                    "loader, render, scaling."),
     workdir: Path | None = typer.Option(None, "--workdir", help="Where data, stores and runs go: new, empty or "
                                         "an earlier bench's, reused (default: a temporary folder, removed at the "
                                         "end)."),
@@ -148,7 +165,8 @@ def bench_command(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
 ) -> None:
     """Measure the disk-for-teacher-compute trade: training from the cache vs online vs in-memory targets,
-    extract vs the bare teacher, store size and error per precision, loader throughput, scaling.
+    extract vs the bare teacher, store size and error per precision, loader throughput, the renderers per
+    CPU core (and on the GPU), scaling.
 
     Ratios are measured within one run (shared machines are noisy); absolute times only mean
     something on a quiet machine. The targets of docs/benchmarks.md are judged at the end.

@@ -126,7 +126,7 @@ def _metrics_table(title: str, details: dict[str, Any]) -> Table:
     for name in ("rows", "max abs", "rel L2", "KL/row", "worst", "row", "same"):
         table.add_column(name, justify="right", no_wrap=True)
     for key, s in details.items():
-        if not isinstance(s, dict):
+        if not isinstance(s, dict) or "rows" not in s:  # per-array statistics only (not renderer, mask notes)
             continue
         worst = s.get("worst_row_kl", s.get("worst_row_rel_l2"))
         table.add_row(key, f"{s['rows']:,}", f"{s['max_abs']:.1e}", f"{s['rel_l2']:.1e}",
@@ -134,6 +134,14 @@ def _metrics_table(title: str, details: dict[str, Any]) -> Table:
                       f"{worst:.1e}" if worst is not None else "-", str(s["worst_row"]),
                       f"{s['identical_codes']:.0%}" if "identical_codes" in s else "-")
     return table
+
+
+def _renderer_note(report) -> str:
+    """What another kind of renderer did to the replay's limits ("" when it is the store's kind)."""
+    renderer = report.check("replay").details.get("renderer") if "replay" in [c.name for c in report.checks] else None
+    if not renderer or renderer["same"]:
+        return ""
+    return f" (another kind of renderer: replay limits x{renderer['limits_factor']:g})"
 
 
 def _tolerances(items: list[str] | None) -> dict[str, float]:
@@ -191,7 +199,7 @@ def verify_command(
         raise fail(str(exc)) from None
     table = Table(title=f"verify: {store} ({report.teacher} on {report.device}, {report.seconds:.1f} s)",
                   caption=f"views rendered by {report.render.get('store')} at extraction, "
-                          f"re-rendered by {report.render.get('replay')}")
+                          f"re-rendered by {report.render.get('replay')}" + _renderer_note(report))
     table.add_column("check")
     table.add_column("result")
     table.add_column("summary", overflow="fold")

@@ -1,21 +1,23 @@
-"""Render whole batches on one device: global views, local crops and crowd images from their stored parameters.
+"""The one renderer: global views, local crops and crowd images of a batch, from their stored parameters, on
+any device.
 
-The per-sample renderer (``render.render_view``, ``crowd.render_crowd``) turns one image at a time into its
-views on the CPU. ``BatchRenderer`` takes a batch of decoded sources (uint8 (3, H, W) tensors of any sizes,
-already on the device: decoded there by ``decode.DeviceDecoder``, or sent there) and the same parameter
-vectors, and renders every view of the batch with a few batched tensor operations:
+``BatchRenderer`` takes decoded sources (uint8 (3, H, W) tensors of any sizes, on its device: decoded there
+by ``data.device_decode``, or sent there) and the parameter vectors, and has two ways to go through a batch,
+one set of operations (``views/ops.py``; ``render.apply_params`` applies them in the release's order):
 
-- crop + resize: the crops of a batch are padded into one tensor and resampled by two batched matrix
-  products with torch's antialiased bicubic weights, in whole numbers (float64), rounded after each pass
-  as torch's CPU uint8 resize does: the same bytes as the per-sample renderer's resize (checked in
-  tests/views/test_batched.py);
-- flip, colour jitter (each image's factors and order), grayscale and blur (each image's kernel): the
-  operations of ``views/ops.py``, the per-sample renderer's own;
-- crowd images: backgrounds rendered as views, each paste slot's persons rendered and resized to their
-  boxes, then laid onto the canvases with one gather and an alpha blend.
+- view by view (the CPU's way, its default there): crop, torch's uint8 antialiased bicubic resize, then the
+  operations on a batch of one; crowd pastes laid box by box. A view's planes stay in the CPU's cache, which
+  on a CPU core is faster than whole-batch tensors (``dpal-cache bench --only render`` measures both). The
+  per-sample functions ``render.render_view`` and ``crowd.render_crowd`` are this path for one image.
+- whole batch (``whole_batch=True``; the default on CUDA): the crops are padded into one tensor and resampled
+  by two batched matrix products of torch's antialiased bicubic weights in whole numbers (float64), rounded
+  after each pass as torch's CPU uint8 kernel rounds (the same bytes: ``ops.resize_exact``); the operations
+  run once per batch with a parameter per image; each paste slot of the crowds is laid onto every canvas
+  with one gather.
 
-So on one CPU the batched renderer gives the per-sample renderer's bytes; on CUDA it gives the same up to
-the float maths of the colour ops (tests/views/test_batched.py states and checks the tolerance).
+Both ways give the same bytes on a CPU with torch's AVX2 uint8 resize; on CUDA the float maths of the colour
+operations may round differently (at most 2 grey levels, at least 99.9 % of the values identical: the tolerance
+tests/views/test_batched.py states and checks).
 
     renderer = BatchRenderer(device)
     views = renderer.views(sources, params)               # (B, 3, H, W) uint8 on the device
@@ -31,21 +33,17 @@ import torch
 from dpal_cache.views import ops
 from dpal_cache.views.crowd import CrowdRecipe
 from dpal_cache.views.params import ViewParams
-from dpal_cache.views.render import apply_params
-
-
-def _crop(source: torch.Tensor, p: ViewParams) -> torch.Tensor:
-    if tuple(source.shape[1:]) != p.img_size:
-        raise ValueError(f"view was drawn for a {p.img_size} image, got {tuple(source.shape[1:])}")
-    top, left, h, w = p.box
-    return source[:, top:top + h, left:left + w]
+from dpal_cache.views.render import apply_params, crop, render_chw, resize
 
 
 class BatchRenderer:
     """Renders batches of views and crowd images on ``device`` (see the module docstring)."""
 
-    def __init__(self, device: torch.device | str = "cpu"):
+    def __init__(self, device: torch.device | str = "cpu", whole_batch: bool | None = None):
         self.device = torch.device(device)
+        # the accelerator strategy (whole batches, exact matrix-product resize, one gather per paste slot) or the
+        # CPU one (view by view, torch's uint8 resize, box by box); by default the one made for the device
+        self.whole_batch = self.device.type != "cpu" if whole_batch is None else bool(whole_batch)
 
     def views(self, sources: Sequence[torch.Tensor], params: Sequence[ViewParams | object]) -> torch.Tensor:
         """One view per source: uint8 (3, H, W) sources on the device, parameters (ViewParams or stored vectors)
@@ -54,9 +52,17 @@ class BatchRenderer:
         sizes = {p.out_size for p in params}
         if len(sizes) != 1:
             raise ValueError(f"one batch of views has one output size, got {sorted(sizes)}")
-        crops = [_crop(s, p) for s, p in zip(sources, params, strict=True)]
-        resized = ops.resize_exact(crops, [p.out_size for p in params])
-        return apply_params(torch.stack(resized), params)
+        if not self.whole_batch:  # one view at a time: its planes stay in the CPU's cache (faster than batching)
+            return torch.stack([render_chw(s, p) for s, p in zip(sources, params, strict=True)])
+        crops = [crop(s, p) for s, p in zip(sources, params, strict=True)]
+        return apply_params(torch.stack(ops.resize_exact(crops, [p.out_size for p in params])), params)
+
+    def _resize(self, crops: list[torch.Tensor], sizes: list[tuple[int, int]]) -> list[torch.Tensor]:
+        """Antialiased bicubic resize: on the CPU torch's own uint8 kernel per crop (20x faster there than
+        batched matrix products); elsewhere ``ops.resize_exact`` (the same bytes) on the whole batch."""
+        if not self.whole_batch:
+            return [resize(c.contiguous(), s) for c, s in zip(crops, sizes, strict=True)]
+        return ops.resize_exact(crops, sizes)
 
     def crowds(self, recipes: Sequence[CrowdRecipe | object], images: Mapping[int, torch.Tensor],
                backgrounds: Mapping[int, torch.Tensor] | None = None) -> torch.Tensor:
@@ -78,8 +84,8 @@ class BatchRenderer:
             pastes = [recipes[b].pastes[slot] for b in which]
             patches = self._paste_views([images[p.index] for p in pastes], [p.view for p in pastes])
             boxes = [p.box for p in pastes]
-            resized = ops.resize_exact(patches, [(h, w) for _, _, h, w in boxes])
-            canvas = _lay(canvas, which, resized, boxes, [p.alpha for p in pastes])
+            resized = self._resize(patches, [(h, w) for _, _, h, w in boxes])
+            canvas = _lay(canvas, which, resized, boxes, [p.alpha for p in pastes], self.whole_batch)
         return canvas
 
     def _paste_views(self, sources: list[torch.Tensor], params: list[ViewParams]) -> list[torch.Tensor]:
@@ -95,11 +101,25 @@ class BatchRenderer:
         return out  # type: ignore[return-value]
 
 
+def _mix(patch: torch.Tensor, region: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+    """A pasted patch over its region (uint8, same shape): ``round(patch * alpha + region * (1 - alpha))``, clamped,
+    with float32 ``alpha`` (one per image, broadcast); the patch itself where alpha is 1."""
+    mixed = (patch.to(torch.float32) * alpha + region.to(torch.float32) * (1.0 - alpha)).round_().clamp_(0, 255)
+    return torch.where((alpha >= 1.0).expand_as(mixed), patch, mixed.to(torch.uint8))
+
+
 def _lay(canvas: torch.Tensor, which: list[int], patches: list[torch.Tensor], boxes: list[tuple[int, int, int, int]],
-         alphas: list[float]) -> torch.Tensor:
-    """Lay each patch onto its canvas at its box, blended ``alpha`` / ``1 - alpha`` as ``crowd.render_crowd``
-    does (rounded, clamped), every canvas of ``which`` in one gather."""
+         alphas: list[float], whole_batch: bool) -> torch.Tensor:
+    """Lay each patch onto canvas ``which[k]`` at its box, blended by ``_mix``: box by box (only the pasted pixels
+    are touched: the CPU's way), or with ``whole_batch`` every canvas of ``which`` in one gather."""
     device = canvas.device
+    alpha = torch.tensor(alphas, dtype=torch.float32, device=device)
+    canvas = canvas.clone()
+    if not whole_batch:
+        for k, (b, patch, (top, left, h, w)) in enumerate(zip(which, patches, boxes, strict=True)):
+            region = canvas[b, :, top:top + h, left:left + w]
+            region.copy_(patch if alphas[k] >= 1.0 else _mix(patch, region, alpha[k]))  # _mix's own rule at 1
+        return canvas
     n, (height, width) = len(which), canvas.shape[-2:]
     hmax, wmax = max(p.shape[1] for p in patches), max(p.shape[2] for p in patches)
     padded = torch.zeros((n, 3, hmax, wmax), dtype=torch.uint8, device=device)
@@ -111,11 +131,7 @@ def _lay(canvas: torch.Tensor, which: list[int], patches: list[torch.Tensor], bo
     inside = (ys >= 0) & (ys < box[:, 2].view(n, 1, 1)) & (xs >= 0) & (xs < box[:, 3].view(n, 1, 1))  # (n, H, W)
     index = (ys.clamp(0, hmax - 1) * wmax + xs.clamp(0, wmax - 1)).view(n, 1, height * width).expand(n, 3, -1)
     placed = padded.view(n, 3, hmax * wmax).gather(2, index).view(n, 3, height, width)
-    region = canvas[which]
-    alpha = torch.tensor(alphas, dtype=torch.float32, device=device).view(n, 1, 1, 1)
-    mixed = (placed.to(torch.float32) * alpha + region.to(torch.float32) * (1.0 - alpha)).round_().clamp_(0, 255)
-    opaque = (alpha >= 1.0).expand_as(mixed)
-    laid = torch.where(opaque, placed, mixed.to(torch.uint8))
-    canvas = canvas.clone()
-    canvas[which] = torch.where(inside.unsqueeze(1), laid, region)
-    return canvas
+    rows = torch.tensor(which, device=device)
+    region = canvas.index_select(0, rows)
+    laid = torch.where(inside.unsqueeze(1), _mix(placed, region, alpha.view(n, 1, 1, 1)), region)
+    return canvas.index_copy_(0, rows, laid)

@@ -344,25 +344,15 @@ def render_crowd(
     Returns:
         torch.uint8 (3, H, W) with (H, W) = recipe.size.
     """
-    import torch  # here, so drawing recipes in data workers never imports torch
-
-    from dpal_cache.views.render import render_view, resize
+    from dpal_cache.views.batched import BatchRenderer  # here, so drawing recipes in data workers never imports torch
+    from dpal_cache.views.render import to_chw
 
     r = recipe if isinstance(recipe, CrowdRecipe) else CrowdRecipe.from_vector(recipe)
     if r.background_kind == "folder":
         if background is None:
             raise ValueError(f"this recipe's background is background-folder image {r.background_index}: pass it")
-        bg_image = background
+        backgrounds = {r.background_index: to_chw(background)}
     else:
-        bg_image = images[r.background_index]
-    canvas = render_view(bg_image, r.background_view)  # (3, H, W), a fresh tensor
-    for p in r.pastes:
-        top, left, h, w = p.box
-        patch = resize(render_view(images[p.index], p.view), (h, w))  # (3, h, w)
-        region = canvas[:, top : top + h, left : left + w]
-        if p.alpha >= 1.0:
-            region.copy_(patch)
-        else:
-            mixed = patch.to(torch.float32) * p.alpha + region.to(torch.float32) * (1.0 - p.alpha)
-            region.copy_(mixed.round_().clamp_(0, 255).to(torch.uint8))
-    return canvas
+        backgrounds = None
+    sources = {i: to_chw(images[i]) for i in r.dataset_indices()}
+    return BatchRenderer("cpu").crowds([r], sources, backgrounds)[0]

@@ -90,10 +90,12 @@ def _hsv_to_rgb(x: torch.Tensor) -> torch.Tensor:
     p = (v * (1.0 - s)).clamp(0.0, 1.0)
     q = (v * (1.0 - s * f)).clamp(0.0, 1.0)
     t = (v * (1.0 - s * (1.0 - f))).clamp(0.0, 1.0)
-    table = torch.stack((v, p, q, t), dim=1)  # (B, 4, H, W)
-    # which of v, p, q, t each channel takes for each sextant of the hue circle
-    pick = torch.tensor([[0, 2, 1, 1, 3, 0], [3, 0, 0, 2, 1, 1], [1, 1, 3, 0, 0, 2]], device=x.device)
-    return table.gather(1, pick[:, i].permute(1, 0, 2, 3))  # (B, 3, H, W)
+    # which of v, p, q, t each channel takes in each sextant of the hue circle (0..5)
+    in_ = [i == k for k in range(6)]
+    r = torch.where(in_[0] | in_[5], v, torch.where(in_[1], q, torch.where(in_[4], t, p)))
+    g = torch.where(in_[1] | in_[2], v, torch.where(in_[0], t, torch.where(in_[3], q, p)))
+    b = torch.where(in_[3] | in_[4], v, torch.where(in_[2], t, torch.where(in_[5], q, p)))
+    return torch.stack((r, g, b), dim=1)
 
 
 def hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
@@ -112,10 +114,19 @@ def jitter(x: torch.Tensor, factors: torch.Tensor, order: torch.Tensor, active: 
     in each image's own ``order`` (B, 4) of op indices; an op whose factor is its identity is skipped (a hue
     shift of 0 through HSV is not exactly the identity on uint8)."""
     identity = torch.tensor(IDENTITY, device=factors.device, dtype=factors.dtype)
+    owned = False  # x is the caller's until the first partial op copies it; later ones write in place
     for stage in range(4):
         for op, fn in enumerate(OPS):
             pick = active & (order[:, stage] == op) & (factors[:, op] != identity[op])
-            x = _apply(x, pick, lambda part, f=factors[:, op], p=pick: fn(part, f if bool(p.all()) else f[p]))
+            if not bool(pick.any()):
+                continue
+            if bool(pick.all()):
+                x, owned = fn(x, factors[:, op]), True
+                continue
+            if not owned:
+                x, owned = x.clone(), True
+            index = pick.nonzero().flatten()
+            x.index_copy_(0, index, fn(x.index_select(0, index), factors.index_select(0, index)[:, op]))
     return x
 
 
@@ -125,9 +136,8 @@ def _apply(x: torch.Tensor, pick: torch.Tensor, fn) -> torch.Tensor:
         return fn(x)
     if not bool(pick.any()):
         return x
-    x = x.clone()
-    x[pick] = fn(x[pick])
-    return x
+    index = pick.nonzero().flatten()
+    return x.index_copy(0, index, fn(x.index_select(0, index)))
 
 
 def grayscale(x: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
@@ -154,36 +164,40 @@ def gaussian_kernel1d(kernel: int, sigma: float) -> torch.Tensor:
 
 def gaussian_blur(x: torch.Tensor, kernels: list[int], sigmas: list[float], active: torch.Tensor) -> torch.Tensor:
     """Separable Gaussian blur of the ``active`` images, each with its own odd kernel size and sigma; reflect
-    padding; one rounding at the end. (B, 3, H, W) uint8 -> uint8."""
-    pick = torch.nonzero(active.to(x.device)).flatten()
-    if not len(pick):
+    padding; one rounding at the end. (B, 3, H, W) uint8 -> uint8. Images of one kernel size are blurred
+    together (each pays for its own kernel only)."""
+    pick = torch.nonzero(active.to(x.device)).flatten().tolist()
+    if not pick:
         return x
-    ks = [kernels[i] for i in pick.tolist()]
-    radius = max(ks) // 2
     h, w = x.shape[-2:]
-    if radius >= min(h, w):
-        raise ValueError(f"blur kernel {max(ks)} is too large for a {h}x{w} image (reflect padding)")
-    # every image's taps centred on a common 2 * radius + 1 window: zeros outside its own kernel
-    taps = torch.zeros((len(ks), 2 * radius + 1), dtype=torch.float32)
-    for row, (k, i) in enumerate(zip(ks, pick.tolist())):
-        start = radius - k // 2
-        taps[row, start:start + k] = gaussian_kernel1d(k, sigmas[i])
-    taps = taps.to(x.device)
-    taps = taps.view(len(ks), 2 * radius + 1, 1, 1, 1)
-    every = len(pick) == len(x)
-    padded = NF.pad((x if every else x[pick]).to(torch.float32), [radius] * 4, mode="reflect")  # (n, 3, H+2r, W+2r)
+    if max(kernels[i] for i in pick) // 2 >= min(h, w):
+        raise ValueError(f"blur kernel {max(kernels[i] for i in pick)} is too large for a {h}x{w} image "
+                         "(reflect padding)")
+    groups: dict[int, list[int]] = {}
+    for i in pick:
+        groups.setdefault(kernels[i], []).append(i)
+    if len(groups) == 1 and len(pick) == len(x):
+        return _blur(x, kernels[0], [sigmas[i] for i in pick])
+    x = x.clone()
+    for kernel, members in groups.items():
+        index = torch.tensor(members, device=x.device)
+        x.index_copy_(0, index, _blur(x.index_select(0, index), kernel, [sigmas[i] for i in members]))
+    return x
+
+
+def _blur(x: torch.Tensor, kernel: int, sigmas: list[float]) -> torch.Tensor:
+    """Blur every image of uint8 (n, 3, H, W) with a ``kernel``-tap Gaussian of its own sigma."""
+    radius, h, w = kernel // 2, x.shape[-2], x.shape[-1]
+    taps = torch.stack([gaussian_kernel1d(kernel, s) for s in sigmas]).to(x.device)
+    taps = taps.view(len(sigmas), kernel, 1, 1, 1)
+    padded = NF.pad(x.to(torch.float32), [radius] * 4, mode="reflect")  # (n, 3, H+2r, W+2r)
     rows = padded[..., 0:w] * taps[:, 0]  # horizontal pass: (n, 3, H + 2r, W)
-    for j in range(1, 2 * radius + 1):
+    for j in range(1, kernel):
         rows.addcmul_(padded[..., j:j + w], taps[:, j])
     out = rows[:, :, 0:h] * taps[:, 0]  # vertical pass: (n, 3, H, W)
-    for j in range(1, 2 * radius + 1):
+    for j in range(1, kernel):
         out.addcmul_(rows[:, :, j:j + h], taps[:, j])
-    out = out.round_().clamp_(0, 255).to(torch.uint8)
-    if every:
-        return out
-    x = x.clone()
-    x[pick] = out
-    return x
+    return out.round_().clamp_(0, 255).to(torch.uint8)
 
 
 # --------------------------------------------------------------------------------------- resampling

@@ -7,11 +7,11 @@
 The output is channels-first uint8, the layout models and ``normalize`` take. Order of
 operations (as the release): crop + resize (bicubic, antialias) -> flip -> colour jitter in
 the drawn order -> grayscale -> Gaussian blur. The resize is torchvision's uint8 resize on the
-CPU; every later step is an operation of ``views/ops.py``, the same code the batched renderer
-(``views/batched.py``) runs on whole batches, so both renderers give the same bytes (the batched
-one emulates the uint8 resize exactly). Rendering the same parameters twice, in any process or
-thread count, gives identical bytes on one machine. Jitter ops whose factor is the identity are
-skipped (a hue shift of 0 through HSV is not exactly the identity on uint8).
+CPU; every later step is an operation of ``views/ops.py`` (``apply_params``). ``render_view`` is the
+view-by-view path of the one renderer, ``batched.BatchRenderer``, for one image; its whole-batch path
+emulates the uint8 resize exactly and runs the same operations. Rendering the same parameters twice,
+in any process or thread count, gives identical bytes on one machine. Jitter ops whose factor is the
+identity are skipped (a hue shift of 0 through HSV is not exactly the identity on uint8).
 """
 
 from __future__ import annotations
@@ -64,12 +64,20 @@ def render_view(image: np.ndarray | torch.Tensor, params: ViewParams | np.ndarra
         torch.uint8 (3, out_h, out_w), contiguous.
     """
     p = params if isinstance(params, ViewParams) else ViewParams.from_vector(params)
-    src = to_chw(image)  # (3, H, W)
-    if tuple(src.shape[1:]) != p.img_size:
-        raise ValueError(f"view was drawn for a {p.img_size} image, got {tuple(src.shape[1:])}")
+    return render_chw(to_chw(image), p)
+
+
+def crop(source: torch.Tensor, p: ViewParams) -> torch.Tensor:
+    """The view's box of a uint8 (3, H, W) source (a view of it), after checking the source's size."""
+    if tuple(source.shape[1:]) != p.img_size:
+        raise ValueError(f"view was drawn for a {p.img_size} image, got {tuple(source.shape[1:])}")
     top, left, h, w = p.box
-    crop = src[:, top : top + h, left : left + w].contiguous()  # (3, h, w)
-    x = resize(crop, p.out_size)
+    return source[:, top : top + h, left : left + w]
+
+
+def render_chw(source: torch.Tensor, p: ViewParams) -> torch.Tensor:
+    """One view of a uint8 (3, H, W) source on the CPU: crop, torch's uint8 resize, then ``apply_params``."""
+    x = resize(crop(source, p).contiguous(), p.out_size)
     return apply_params(x[None], [p])[0].contiguous()  # (3, out_h, out_w) uint8
 
 

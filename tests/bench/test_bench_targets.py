@@ -10,7 +10,11 @@ from dpal_cache.bench.targets import judge
 def _sections(isolated: bool = True) -> dict:
     return {
         "training": {"best_ratios": {"cached_over_online": 2.9, "cached_over_in_memory": 0.95},
-                     "best_samples_per_s": {"cached": 5.0}},
+                     "best_samples_per_s": {"cached": 5.0}, "device": "cuda", "data_wait_fraction_cached": 0.07},
+        "render": {"ratios": {"batched_over_per_sample": {"sample": 1.02, "sample_decode": 0.98}},
+                   "agreement": {"batched": {"max_grey_diff": 0, "identical_fraction": 1.0},
+                                 "device": {"max_grey_diff": 2, "identical_fraction": 0.9995},
+                                 "device_decode": {"max_grey_diff": 9, "identical_fraction": 0.8}}},
         "extraction": {"best_ratio_extract_over_teacher": math.nan},
         "loader": {"samples_per_s": {"store": {"2": 30.0}, "store_targets": {"0": 900.0},
                                      "memmap_targets": {"0": 2000.0}, "zarr_targets": {"0": 100.0}}},
@@ -29,6 +33,12 @@ def test_each_target_is_judged_in_its_direction():
     met = {name: r["met"] for name, r in rows.items()}
     assert met["cached / online training steps/s"] is False  # 2.9 < 3.0
     assert met["cached / in-memory training steps/s"] is True
+    assert met["cached training data-wait fraction (CUDA)"] is False  # 0.07 > 0.05
+    assert met["batched / per-sample renderer per CPU core (sample inputs)"] is True
+    assert met["batched / per-sample renderer per CPU core (with JPEG decode)"] is False
+    # judged from the same pixels: the GPU JPEG decoder's own rounding (device_decode) is reported, not judged
+    assert rows["renderers: largest grey-level difference to per-sample"]["value"] == 2
+    assert rows["renderers: fraction of values identical to per-sample"]["value"] == 0.9995
     assert met["extract / bare teacher images/s"] is None  # NaN: not measured
     assert rows["loader (2 workers) / cached training samples/s"]["value"] == 6.0 and met[
         "loader (2 workers) / cached training samples/s"]
@@ -50,6 +60,8 @@ def test_each_target_is_judged_in_its_direction():
 
 def test_only_sections_that_ran_are_judged_and_peaks_need_isolation():
     assert judge({}) == []
+    cpu = {**_sections()["training"], "device": "cpu"}
+    assert not any("data-wait" in r["target"] for r in judge({"training": cpu}))  # a CUDA target only
     rows = judge({"scaling": _sections(isolated=False)["scaling"]})
     peaks = [r for r in rows if "peak RSS" in r["target"]]
     assert len(peaks) == 2 and all(r["met"] is None and "--no-isolate" in r["note"] for r in peaks)

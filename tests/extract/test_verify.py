@@ -272,7 +272,19 @@ def test_verify_replays_with_either_renderer_and_reports_both(fp16_store, images
     batched = verify_store(fp16_store, images, sample=6, render="device")  # batched renderer, on the CPU here
     assert batched.passed, [c.problems for c in batched.checks]
     assert batched.render == {"store": "per-sample/cpu", "replay": "batched/cpu"}
+    renderer = batched.check("replay").details["renderer"]
+    assert renderer["same"] and renderer["limits_factor"] == 1.0  # both the CPU's renderer: the store's limits
     device_made = _extract(images, tmp_path / "device.zarr", render="device")
     auto = verify_store(device_made, images, sample=6)  # auto: the kind of renderer the store was made with
     assert auto.passed and auto.render == {"store": "batched/cpu", "replay": "batched/cpu"}
     assert auto.to_dict()["render"] == auto.render
+
+
+def test_another_kind_of_renderer_widens_the_replay_limits_only():
+    from dpal_cache.extract.verify import OTHER_RENDERER_FACTOR, Tolerance, _render_kind
+
+    tol = Tolerance.for_precision("fp16", "fp16")
+    wide = tol.widened(OTHER_RENDERER_FACTOR)
+    assert wide.tokens_rel_l2 == OTHER_RENDERER_FACTOR * tol.tokens_rel_l2
+    assert wide.maps_kl == OTHER_RENDERER_FACTOR * tol.maps_kl and wide.mask_score_max_abs == tol.mask_score_max_abs
+    assert _render_kind("per-sample/cpu") == _render_kind("batched/cpu") != _render_kind("batched/cuda")

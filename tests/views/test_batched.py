@@ -74,8 +74,9 @@ def test_resize_reproduces_torchs_uint8_resize():
         assert_close(ref, g)
 
 
-def test_batched_views_and_local_crops_match_the_per_sample_renderer():
-    sources, renderer = _sources(), BatchRenderer("cpu")
+@pytest.mark.parametrize("whole_batch", [False, True], ids=["view-by-view", "whole-batch"])
+def test_batched_views_and_local_crops_match_the_per_sample_renderer(whole_batch):
+    sources, renderer = _sources(), BatchRenderer("cpu", whole_batch=whole_batch)
     params = [global_view_params(VIEWS.global_view, 0, i, v, tuple(SIZES[i])) for i in range(N) for v in range(2)]
     assert any(p.jitter for p in params) and any(p.blur for p in params) and any(p.grayscale for p in params)
     batch = renderer.views([sources[i] for i in range(N) for _ in range(2)], params)
@@ -90,13 +91,14 @@ def test_batched_views_and_local_crops_match_the_per_sample_renderer():
     assert_close(got, want)
 
 
+@pytest.mark.parametrize("whole_batch", [False, True], ids=["view-by-view", "whole-batch"])
 @pytest.mark.parametrize("mode", ["copy-paste", "release"])
-def test_batched_crowds_match_the_per_sample_renderer(mode):
+def test_batched_crowds_match_the_per_sample_renderer(mode, whole_batch):
     cfg = ViewsConfig(global_view=VIEWS.global_view, local_crops=VIEWS.local_crops,
                       crowd=CrowdConfig(size=(64, 64), mode=mode, persons=(1, 3)))
     recipes = [make_recipe(cfg, 0, i, c, OK, SIZES) for i in range(N) for c in range(2)]
     assert len({len(r.pastes) for r in recipes}) > 1 or mode == "release"  # slots used by some images only
-    got = BatchRenderer("cpu").crowds(recipes, _sources())
+    got = BatchRenderer("cpu", whole_batch=whole_batch).crowds(recipes, _sources())
     want = torch.stack([render_crowd(r, IMAGES) for r in recipes])
     assert got.shape == want.shape == (2 * N, 3, 64, 64)
     assert_close(got, want)
@@ -122,8 +124,9 @@ def test_a_batch_of_one_is_a_batch_of_many():
         assert torch.equal(blurred[i:i + 1], alone), i
 
 
-def test_views_of_another_size_or_image_are_refused():
-    sources, renderer = _sources(), BatchRenderer("cpu")
+@pytest.mark.parametrize("whole_batch", [False, True], ids=["view-by-view", "whole-batch"])
+def test_views_of_another_size_or_image_are_refused(whole_batch):
+    sources, renderer = _sources(), BatchRenderer("cpu", whole_batch=whole_batch)
     p0 = global_view_params(VIEWS.global_view, 0, 0, 0, tuple(SIZES[0]))
     p1 = global_view_params(VIEWS.local_crops, 0, 1, 0, tuple(SIZES[1]))
     with pytest.raises(ValueError, match="one output size"):

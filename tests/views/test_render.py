@@ -150,3 +150,17 @@ def test_normalize():
     assert torch.allclose(own, torch.ones_like(own))
     with pytest.raises(ValueError):
         normalize(x.float())
+
+
+@pytest.mark.parametrize("name, value", [("brightness", 0.6), ("brightness", 1.4), ("contrast", 0.6),
+                                         ("contrast", 1.4), ("saturation", 0.6), ("saturation", 1.4),
+                                         ("hue", -0.1), ("hue", 0.3)])
+def test_colour_ops_follow_torchvision_within_one_grey_level(name, value):
+    # ours are written without multiply-adds (the same bytes for a batch of one and of many, on CPU and GPU);
+    # torchvision's may fuse them: the two differ by rounding only
+    x = torch.from_numpy(IMG).permute(2, 0, 1)[None, :, :96, :64].contiguous()
+    ours = ops.OPS[["brightness", "contrast", "saturation", "hue"].index(name)](x, torch.tensor([value]))
+    ref = getattr(TF, f"adjust_{name}")(x[0], value)
+    assert int((ours[0].int() - ref.int()).abs().max()) <= 1
+    grey = ops.grayscale(x, torch.tensor([True]))[0]
+    assert torch.equal(grey, TF.rgb_to_grayscale(x[0], num_output_channels=3))
