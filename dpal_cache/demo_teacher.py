@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from dpal_cache.config import check
 from dpal_cache.eval.features import read_images
 from dpal_cache.eval.reid import load_market_split
-from dpal_cache.teachers.registry import IMAGENET_MEAN, IMAGENET_STD
+from dpal_cache.normalization import IMAGENET_MEAN, IMAGENET_STD
 
 log = logging.getLogger(__name__)
 

@@ -199,7 +199,7 @@ def bench_command(
             views=views,
         )
         from dpal_cache.bench.common import check_workdir
-        from dpal_cache.extract.run import resolve_device
+        from dpal_cache.devices import resolve_device
 
         resolve_device(device)
         if workdir is not None:

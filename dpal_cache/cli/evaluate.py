@@ -8,7 +8,7 @@
     dpal-cache eval parsing --data data/market --masks data/market/masks --model student.safetensors
     dpal-cache eval recompute feats.npz          # the reid numbers again, from the saved features alone
 
-Tables show percentages; the JSON holds fractions in [0, 1]. Protocols: shared/notes/eval.md.
+Tables show percentages; the JSON holds fractions in [0, 1]. Protocols: docs/evaluation.md.
 """
 
 from __future__ import annotations

@@ -40,4 +40,7 @@ def export_command(
     console.print(table)
     console.print(f"load with timm.create_model({info['timm_name']!r}, pretrained=True, "
                   f"pretrained_cfg_overlay=dict(file={info['weights']!r}), **timm_kwargs), "
-                  f"timm_kwargs from {info['config']}")
+                  f"timm_kwargs from {info['config']}"
+                  + (f"; then set its set_attributes ({len(info['set_attributes'])} of them, the release's "
+                     "last-block heads: see dpal_cache.train.students.apply_attributes)" if info["set_attributes"]
+                     else ""))

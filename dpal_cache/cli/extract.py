@@ -33,7 +33,7 @@ def _default_manifest(out: str) -> Path | None:
     return Path(str(out).rstrip("/") + ".manifest.parquet") if "://" not in str(out) else None
 
 
-def _manifest_for(data: Path, root: Path | None, manifest: Path | None, out: str):
+def manifest_for(data: Path, root: Path | None, manifest: Path | None, out: str):
     source = open_source(data, root)
     if manifest is None:
         manifest = _default_manifest(out)
@@ -141,7 +141,7 @@ def extract_command(
         # before anything is written (the default manifest lands beside OUT)
         check_store_apart(out, data_folder(data))
         check_store_location(out)
-        source, table = _manifest_for(data, root, manifest, out)
+        source, table = manifest_for(data, root, manifest, out)
         # on a cluster the workers load the teacher; the weights need not be readable here
         model = None if distributed and not dry_run else load_teacher(
             cfg.teacher, cfg.checkpoint, pos_embed=cfg.pos_embed, seed=cfg.teacher_seed)
@@ -155,8 +155,8 @@ def extract_command(
         table_.add_row("rows", f"{layout.views_per_image} views + {layout.crowds_per_image} crowds per image")
         per = layout.bytes_per_image()
         table_.add_row("size (uncompressed)", f"{per / 2**10:,.1f} KiB/image, {per * len(source) / 2**30:,.2f} GiB")
+        from dpal_cache.devices import resolve_device
         from dpal_cache.extract.estimate import teacher_seconds_per_image
-        from dpal_cache.extract.run import resolve_device
 
         device = resolve_device(cfg.device)
         with console.status("timing the teacher on random batches"):

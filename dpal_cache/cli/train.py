@@ -32,6 +32,7 @@ from dpal_cache.cli.common import (
     setup_logging,
 )
 from dpal_cache.train.config import TrainConfig
+from dpal_cache.train.losses import LOSS_KEYS
 
 
 def _user_errors() -> tuple[type[Exception], ...]:
@@ -49,8 +50,11 @@ def _summary_table(summary, run_dir: Path) -> Table:
     table.add_row("steps", f"{summary.steps:,} in this run{resumed}: step {summary.step:,} of "
                   f"{summary.total_steps:,} (epoch {summary.epochs_done:.2f})")
     table.add_row("time", f"{summary.seconds:.1f} s")
+    if summary.parameters:
+        table.add_row("parameters", f"student {summary.parameters['student'] / 1e6:.2f}M, decoder "
+                      f"{summary.parameters['decoder'] / 1e6:.2f}M")
     first, last = summary.first, summary.last
-    for key in ("loss", "global", "local", "relation", "router_ce", "expert_l2"):
+    for key in LOSS_KEYS:
         if key in last:
             table.add_row(key, f"{first.get(key, float('nan')):.4f} -> {last[key]:.4f}")
     for name in ("last.pt", "metrics.jsonl", "config.yaml"):
@@ -63,7 +67,7 @@ def _online(cfg: TrainConfig, teacher: str, checkpoint: Path | None, extract_con
             manifest: Path | None, data: Path, root: Path | None, out: Path, device: str | None, resume: bool,
             progress) -> Any:
     """Online mode: the teacher computes the targets in the loop (dpal_cache.train.online)."""
-    from dpal_cache.cli.extract import _manifest_for
+    from dpal_cache.cli.extract import manifest_for
     from dpal_cache.extract.config import ExtractConfig
 
     extract_cfg = resolve_config(ExtractConfig, extract_config, [], teacher=teacher, checkpoint=checkpoint,
@@ -75,7 +79,7 @@ def _online(cfg: TrainConfig, teacher: str, checkpoint: Path | None, extract_con
             raise
         raise fail("online mode (--teacher) is not available in this dpal-cache: "
                    "train from a store (--store)") from None
-    source, table = _manifest_for(data, root, manifest, str(out))
+    source, table = manifest_for(data, root, manifest, str(out))
     return train_online(cfg, extract_cfg, source, table, out, resume=resume, progress=progress)
 
 
@@ -147,7 +151,7 @@ def train_command(
         skip_changed=True if skip_changed else None,
         **{"student.name": student, "decoder.kind": decoder, "optim.base_lr": lr},
     )
-    from dpal_cache.extract.run import resolve_device
+    from dpal_cache.devices import resolve_device
     from dpal_cache.train.students import resolve_timm_name
 
     try:

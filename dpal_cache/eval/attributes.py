@@ -1,5 +1,5 @@
 """Pedestrian attribute probe: logistic regression on frozen global features, label-based mA and
-instance metrics (metrics.attribute_metrics: the PA-100K / PETA protocol of shared/notes/eval.md).
+instance metrics (metrics.attribute_metrics: the PA-100K / PETA protocol of docs/evaluation.md).
 
     result, test_feats = run_attributes(open_model("student.safetensors"), Path("data/market"),
                                         Path("data/market/attributes.parquet"))

@@ -1,5 +1,5 @@
 """Fidelity of a distilled student: the same probe for student and teacher side by side, the ratio
-student / teacher per metric, and how often their top-k neighbour sets agree (shared/notes/eval.md).
+student / teacher per metric, and how often their top-k neighbour sets agree (docs/evaluation.md).
 
     report = compare_reid(student_fx, teacher_fx, Path("data/market"))
     report["ratio"]["rank1"]            # student Rank-1 / teacher Rank-1

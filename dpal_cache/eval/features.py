@@ -29,7 +29,9 @@ import torch
 from torch import nn
 
 from dpal_cache.data.decode import ImageDecodeError, decode_rgb
-from dpal_cache.views.render import IMAGENET_MEAN, IMAGENET_STD, resize
+from dpal_cache.devices import resolve_device
+from dpal_cache.normalization import IMAGENET_MEAN, IMAGENET_STD
+from dpal_cache.views.render import resize
 
 log = logging.getLogger(__name__)
 
@@ -45,13 +47,6 @@ ProgressFn = Callable[[str, int], Callable[[int], None]]
 def no_progress(description: str, total: int) -> Callable[[int], None]:
     """The default ProgressFn: report nothing."""
     return lambda n: None
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``auto`` / None: CUDA when available, else CPU."""
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def read_images(paths: Sequence[str | Path]) -> list[torch.Tensor]:
@@ -200,11 +195,11 @@ def _student_config(path: Path) -> dict[str, Any]:
 
 
 def _create_backbone(meta: dict[str, Any]) -> nn.Module:
-    import timm
+    from dpal_cache.train.students import create_backbone
 
     # JSON turned the kwargs' tuples (img_size, depths...) into lists
     kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in meta["timm_kwargs"].items()}
-    return timm.create_model(meta["timm_name"], pretrained=False, **kwargs)
+    return create_backbone(meta["timm_name"], kwargs, meta.get("set_attributes"))
 
 
 def load_student_backbone(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
@@ -269,7 +264,7 @@ def student_extractor(path: str | Path, device: str | torch.device | None = "cpu
             info["step"] = meta["run"].get("step")
     kwargs = meta["timm_kwargs"]
     img_size = tuple(kwargs.get("img_size") or meta.get("img_size") or DEFAULT_IMG_SIZE)
-    student = Student(backbone, meta["timm_name"], kwargs)
+    student = Student(backbone, meta["timm_name"], kwargs, set_attributes=meta.get("set_attributes"))
     info.update(timm_name=meta["timm_name"], parameters=sum(p.numel() for p in backbone.parameters()))
     return StudentExtractor(student, label=label, img_size=img_size, mean=_meta_stat(meta, "mean", IMAGENET_MEAN),
                             std=_meta_stat(meta, "std", IMAGENET_STD), device=device, batch_size=batch_size,

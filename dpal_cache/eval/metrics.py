@@ -1,4 +1,4 @@
-"""Evaluation metrics as pure functions: numpy arrays in, numbers out (protocols: shared/notes/eval.md).
+"""Evaluation metrics as pure functions: numpy arrays in, numbers out (protocols: docs/evaluation.md).
 
     distmat = cosine_distance(query_feats, gallery_feats)                 # (Nq, Ng)
     cmc, mAP, n_valid = reid_cmc_map(distmat, q_pids, g_pids, q_camids, g_camids)

@@ -1,5 +1,5 @@
 """Human parsing probe: a 1x1 linear classifier on frozen patch tokens upsampled (bilinear) to pixels,
-mIoU in both conventions, pixel and mean accuracy (metrics.segmentation_metrics; shared/notes/eval.md).
+mIoU in both conventions, pixel and mean accuracy (metrics.segmentation_metrics; docs/evaluation.md).
 
     result, test_feats = run_parsing(open_model("student.safetensors"), Path("data/market"),
                                      Path("data/market/masks"))

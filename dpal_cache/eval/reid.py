@@ -1,5 +1,5 @@
 """Person re-identification probe on a Market-1501-layout folder: frozen global features, cosine distance,
-CMC Rank-1/5/10 and mAP with the Market-1501 protocol (metrics.reid_cmc_map; shared/notes/eval.md).
+CMC Rank-1/5/10 and mAP with the Market-1501 protocol (metrics.reid_cmc_map; docs/evaluation.md).
 
     result, feats = run_reid(open_model("student.safetensors"), Path("data/market"))
     result["metrics"]            # {"rank1", "rank5", "rank10", "mAP"}: fractions

@@ -35,6 +35,7 @@ from dpal_cache.data.backgrounds import Backgrounds
 from dpal_cache.data.catalog import Catalog
 from dpal_cache.data.manifest import manifest_fingerprint
 from dpal_cache.data.sources import FolderSource, ImageSource, SourceError
+from dpal_cache.devices import resolve_device
 from dpal_cache.extract.compute import BlockBuffer, TeacherStep
 from dpal_cache.extract.config import RUNTIME_FIELDS, ExtractConfig
 from dpal_cache.extract.items import ExtractItems, block_batches, collate, render_batch, worker_context
@@ -68,15 +69,6 @@ class ExtractSummary:
     seconds: float = 0.0
     failures_by_reason: dict[str, int] = field(default_factory=dict)
     bytes_per_image: int = 0
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {name} asked for, but CUDA is not available here")
-    return device
 
 
 def store_identity(cfg: ExtractConfig) -> dict[str, Any]:

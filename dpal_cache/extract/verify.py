@@ -652,8 +652,8 @@ def verify_store(
     Raises:
         StoreError: no store at ``url``; VerifyError: the teacher/checkpoint is not the store's.
     """
+    from dpal_cache.devices import resolve_device
     from dpal_cache.extract.config import ExtractConfig
-    from dpal_cache.extract.run import resolve_device
 
     start = time.perf_counter()
     reader = StoreReader(url, storage_options=storage_options, complete=False, check=False)  # verify reports it

@@ -37,11 +37,10 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from dpal_cache.config import check
+from dpal_cache.normalization import IMAGENET_MEAN, IMAGENET_STD
 
 log = logging.getLogger(__name__)
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 Layout = Literal["timm", "path", "hap", "sapiens"]
 LAYOUTS: tuple[str, ...] = ("timm", "path", "hap", "sapiens")

@@ -18,7 +18,8 @@ from dpal_cache.views.config import LocalCropConfig
 
 @dataclass(frozen=True)
 class OptimConfig:
-    """AdamW with linear warmup and per-iteration cosine decay (the DPAL recipe)."""
+    """AdamW with linear warmup and per-iteration cosine decay (the paper's; clip_grad and min_lr are dpal-cache's
+    defaults, the release uses neither: configs/recipes/train-release-pathb-vit_tiny.yaml)."""
 
     base_lr: float = 2.5e-4  # scaled by global batch / 256
     betas: tuple[float, float] = (0.9, 0.95)
@@ -53,6 +54,7 @@ class TrainConfig:
     seed: int = 0  # model init and data order (views come from the store's own seed)
     amp: bool = True  # bf16 autocast on CUDA
     ema_decay: float | None = None  # keep an EMA of the student (e.g. 0.996); null = none
+    ema_schedule: Literal["constant", "cosine"] = "constant"  # cosine: from ema_decay to 1 over the run (release)
     checkpoint_every: int = 500  # optimizer steps between checkpoints (and one at the end)
     log_every: int = 10  # optimizer steps between metric lines
     device: str = "auto"

@@ -15,9 +15,11 @@ class EMA:
         self.module = copy.deepcopy(model).eval().requires_grad_(False)
 
     @torch.no_grad()
-    def update(self, model: torch.nn.Module) -> None:
+    def update(self, model: torch.nn.Module, decay: float | None = None) -> None:
+        """One step; ``decay`` overrides the constant one (a schedule's value at this step)."""
+        decay = self.decay if decay is None else decay
         for shadow, live in zip(self.module.parameters(), model.parameters()):
-            shadow.lerp_(live.detach(), 1.0 - self.decay)
+            shadow.lerp_(live.detach(), 1.0 - decay)
         for shadow, live in zip(self.module.buffers(), model.buffers()):
             shadow.copy_(live)
 

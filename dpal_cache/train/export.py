@@ -9,6 +9,19 @@ online run, step, training config). Loading needs timm only:
     model = timm.create_model(info["timm_name"], pretrained=True,
                               pretrained_cfg_overlay=dict(file="student.safetensors"), **info["timm_kwargs"])
 
+A student trained with ``last_block_heads`` (the release's ViT variant) has the same weight shapes as
+timm's model; its last block splits them into more heads. The JSON's ``set_attributes`` maps dotted
+attribute paths to values to set after ``create_model`` (empty for every other student):
+
+    for path, value in info["set_attributes"].items():
+        *parents, attr = path.split(".")
+        obj = model
+        for part in parents:
+            obj = getattr(obj, part)
+        setattr(obj, attr, value)
+
+(``dpal_cache.train.students.apply_attributes`` does the same.)
+
 The kwargs hold ``num_classes=0`` (no head). timm loads a headless file non-strictly when the
 model's ``num_classes`` differs from its pretrained config's (1000); passing the JSON's
 ``pretrained_cfg_overlay`` as well (``dict(file=..., **info["pretrained_cfg_overlay"])``) sets the
@@ -28,8 +41,8 @@ import torch
 from safetensors.torch import save_file
 
 from dpal_cache import __version__
+from dpal_cache.normalization import IMAGENET_MEAN, IMAGENET_STD
 from dpal_cache.train.checkpoint import load_checkpoint
-from dpal_cache.train.model import IMAGENET_MEAN, IMAGENET_STD
 from dpal_cache.weights import state_dict_differences
 
 FORMAT = "dpal-cache-student/1"
@@ -86,6 +99,7 @@ def export_student(run_dir: Path, out: Path, ema: bool = False) -> dict[str, Any
     state = load_checkpoint(run_dir / "last.pt")
     weights = _backbone_weights(state, run_dir, ema)
     timm_name, timm_kwargs = state["student"]["timm_name"], dict(state["student"]["timm_kwargs"])
+    set_attributes = dict(state["student"].get("set_attributes") or {})
     _check_against_timm(weights, timm_name, timm_kwargs)
     height, width = timm_kwargs["img_size"]
     store = state.get("store", {})
@@ -93,6 +107,7 @@ def export_student(run_dir: Path, out: Path, ema: bool = False) -> dict[str, Any
         "format": FORMAT,
         "timm_name": timm_name,
         "timm_kwargs": timm_kwargs,
+        "set_attributes": set_attributes,  # set after timm.create_model (see the module docstring)
         "pretrained_cfg_overlay": {
             "num_classes": int(timm_kwargs.get("num_classes", 1000)),
             "input_size": [3, int(height), int(width)],

@@ -31,7 +31,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from dpal_cache.config import differences, dump_yaml, to_dict
 from dpal_cache.data.sources import ImageSource
-from dpal_cache.extract.run import resolve_device
+from dpal_cache.devices import resolve_device
 from dpal_cache.store.codecs import decode_targets
 from dpal_cache.train.checkpoint import load_checkpoint, load_weights, save_checkpoint
 from dpal_cache.train.config import TrainConfig
@@ -40,15 +40,15 @@ from dpal_cache.train.decoders import build_decoder
 from dpal_cache.train.ema import EMA
 from dpal_cache.train.errors import StoreMismatch
 from dpal_cache.train.inputs import DeviceRender
+from dpal_cache.train.losses import LOSS_KEYS
 from dpal_cache.train.model import DistillModel
 from dpal_cache.train.rundir import check_run_dir
 from dpal_cache.train.sampler import EpochSampler
-from dpal_cache.train.schedule import lr_at, scaled_lr
+from dpal_cache.train.schedule import ema_decay_at, lr_at, scaled_lr
 from dpal_cache.train.students import StudentConfig, build_student
 
 log = logging.getLogger(__name__)
 
-LOSS_KEYS = ("loss", "global", "local", "relation", "router_ce", "expert_l2")
 # may differ between a run and its resume: they decide how far, where and how the run goes, not its values
 RUNTIME_FIELDS = ("max_steps", "workers", "device", "render", "log_every", "checkpoint_every", "tensorboard",
                   "background_dir", "skip_changed")
@@ -63,6 +63,7 @@ class TrainSummary:
     total_steps: int = 0  # the steps the schedule spans (--epochs)
     epochs_done: float = 0.0
     seconds: float = 0.0
+    parameters: dict[str, int] = field(default_factory=dict)  # student and decoder parameter counts
     first: dict[str, float] = field(default_factory=dict)  # losses of the first logged step of this run
     last: dict[str, float] = field(default_factory=dict)
 
@@ -89,13 +90,18 @@ def init_distributed(device_name: str) -> DistEnv:
     return env
 
 
+# learned tokens and position tables (by the last part of a parameter's name): no weight decay, as norms and biases
+NO_DECAY_NAMES = ("pos_embed", "cls_token", "reg_token", "dist_token", "token", "query", "queries")
+
+
 def param_groups(module: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """No weight decay on 1-D parameters (norms, biases) and learned tokens / position tables."""
+    """No weight decay on 1-D parameters (norms, biases) and learned tokens / position tables (the student's class
+    token, D-PaDe's router token ``router.token`` and pattern queries)."""
     decay, no_decay = [], []
     for name, p in module.named_parameters():
         if not p.requires_grad:
             continue
-        skip = p.ndim <= 1 or name.endswith(("pos_embed", "cls_token", "query", "queries", "router_token"))
+        skip = p.ndim <= 1 or name.rsplit(".", 1)[-1] in NO_DECAY_NAMES
         (no_decay if skip else decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
@@ -157,6 +163,21 @@ def check_resume_store(state: dict[str, Any], dataset: StoreDataset) -> None:
         )
 
 
+def check_resume_student(state: dict[str, Any], student, run_dir: Path) -> None:
+    """A run resumes only with the backbone it trained: the same weight shapes can hold another architecture (an
+    older dpal-cache built ``vit_tiny_patch16`` with timm's 3 heads, the paper's has 6)."""
+    saved = state.get("student", {})
+    was = (saved.get("timm_name"), json.loads(json.dumps(saved.get("timm_kwargs", {}))),
+           dict(saved.get("set_attributes") or {}))
+    now = (student.timm_name, json.loads(json.dumps(student.timm_kwargs)), student.set_attributes)
+    if was != now:
+        raise StoreMismatch(
+            f"{run_dir} trained the student {was[0]} {was[1]} {was[2] or ''}, but this dpal-cache builds {now[0]} "
+            f"{now[1]} {now[2] or ''} from the same config: the weights would load into another architecture. "
+            "Export or evaluate the run as it is, and start a new run (--out) to train on"
+        )
+
+
 def build_model(cfg: TrainConfig, dataset: StoreDataset) -> DistillModel:
     """Student at the store's view size, decoder from the student's to the teacher's width."""
     layout = dataset.layout
@@ -165,8 +186,21 @@ def build_model(cfg: TrainConfig, dataset: StoreDataset) -> DistillModel:
     teacher_dim = layout.dim
     decoder = build_decoder(cfg.decoder.kind, student.embed_dim, teacher_dim, cfg.decoder)
     stats = torch.from_numpy(dataset.token_stats)
+    zeroed = dataset.meta.precision.mask_at_extract is not None
     return DistillModel(student, decoder, cfg.loss, cfg.decoder, tuple(layout.view_grid), tuple(layout.crowd_grid),
-                        stats)
+                        stats, zeroed_background=zeroed)
+
+
+def model_summary(model: DistillModel, cfg: TrainConfig) -> dict[str, Any]:
+    """Parameter counts of the student and the decoder (written to RUN_DIR/model.json and logged at start)."""
+    student, decoder = model.student, model.decoder
+    return {
+        "student": {"name": cfg.student.name, "timm_name": student.timm_name, "embed_dim": student.embed_dim,
+                    "parameters": sum(p.numel() for p in student.parameters()),
+                    "set_attributes": student.set_attributes},
+        "decoder": {"kind": cfg.decoder.kind, "projected_to": cfg.decoder.projected_width(student.embed_dim),
+                    "parameters": sum(p.numel() for p in decoder.parameters())},
+    }
 
 
 def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
@@ -243,6 +277,17 @@ def run_training(
         check_resume_store(state, dataset)
     torch.manual_seed(cfg.seed)  # same initial weights on every rank
     model = build_model(cfg, dataset).to(device)
+    if state is not None:
+        check_resume_student(state, model.student, run_dir)
+    sizes = model_summary(model, cfg)
+    if env.main:
+        log.info("student %s: %.2fM parameters; decoder %s: %.2fM parameters%s", cfg.student.name,
+                 sizes["student"]["parameters"] / 1e6, cfg.decoder.kind, sizes["decoder"]["parameters"] / 1e6,
+                 f" (student tokens projected to {sizes['decoder']['projected_to']})"
+                 if sizes["decoder"]["projected_to"] else "")
+        if model.zeroed_background:
+            log.info("the store zeroed background patch tokens (mask_at_extract %g): the local loss gives them "
+                     "weight 0", dataset.meta.precision.mask_at_extract)
     ema = EMA(model.student, cfg.ema_decay) if cfg.ema_decay else None
     # every parameter gets a gradient each step (every decoder kind and loss weight, checked in
     # tests/train/test_ddp.py), so DDP need not search the graph for unused ones
@@ -269,7 +314,11 @@ def run_training(
     step, epoch, batch_in_epoch = 0, 0, 0
     if state is not None:
         load_weights(model, state["model"], last_path)
-        optimizer.load_state_dict(state["optimizer"])
+        try:
+            optimizer.load_state_dict(state["optimizer"])
+        except ValueError as exc:  # parameter groups of another dpal-cache version
+            raise StoreMismatch(f"{last_path}: its optimizer state does not fit this dpal-cache's parameter groups "
+                                f"({exc}); start a new run (--out)") from None
         if ema is not None:
             ema.load_state_dict(state["ema"])
         step, epoch, batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
@@ -280,6 +329,7 @@ def run_training(
     if env.main:  # every check passed: only now does the run's folder appear
         run_dir.mkdir(parents=True, exist_ok=True)
         dump_yaml(cfg, run_dir / "config.yaml")
+        (run_dir / "model.json").write_text(json.dumps(sizes, indent=2) + "\n")
         for name, other in (configs or {}).items():
             dump_yaml(other, run_dir / name)
         # a resume drops the lines logged after its checkpoint; a new run those of one that died before any
@@ -318,7 +368,8 @@ def run_training(
             "world": env.world,  # the data order and the schedule follow the process count
             "rng_cpu": torch.get_rng_state(),
             "rng_cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-            "student": {"timm_name": model.student.timm_name, "timm_kwargs": model.student.timm_kwargs},
+            "student": {"timm_name": model.student.timm_name, "timm_kwargs": model.student.timm_kwargs,
+                        "set_attributes": model.student.set_attributes},
             "store": {"url": store_ref, "teacher": dataset.meta.teacher, "views_seed": dataset.seed},
         })
 
@@ -357,7 +408,7 @@ def run_training(
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             if ema is not None:
-                ema.update(model.student)
+                ema.update(model.student, ema_decay_at(step, total_steps, cfg.ema_decay, cfg.ema_schedule))
             step += 1
             t_fetch = time.perf_counter()
             compute += t_fetch - t_got
@@ -390,6 +441,7 @@ def run_training(
         if writer is not None:
             writer.close()
     summary.steps, summary.step, summary.total_steps = step - start_step, step, total_steps
+    summary.parameters = {part: sizes[part]["parameters"] for part in ("student", "decoder")}
     summary.epochs_done = epoch + batch_in_epoch / per_epoch
     summary.seconds = time.perf_counter() - start
     log.info("trained %d steps (to step %d) in %.1fs; last loss %.4f", summary.steps, step, summary.seconds,

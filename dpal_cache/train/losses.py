@@ -46,6 +46,7 @@ import torch.nn.functional as F
 
 from dpal_cache.config import check
 
+LOSS_KEYS = ("loss", "global", "local", "relation", "router_ce", "expert_l2")  # what compute_losses returns
 MaskKind = Literal["pca", "attention", "none"]
 RelationKind = Literal["attention", "gram"]
 
@@ -63,6 +64,9 @@ class LossConfig:
     local_norm: Literal["release", "mask"] = "release"
     relation: RelationKind = "attention"  # which teacher relation target the store holds
     normalize_targets: bool = False  # standardise class / patch token targets with the store's statistics
+    aux_average: Literal["calls", "patterns"] = "calls"  # router CE and expert L2: mean over the release's decoder
+    # calls (the global view and each local crop count once: the global pattern weighs (1 + K) / (3 + K)), or over
+    # the three patterns
 
     def __post_init__(self) -> None:
         for name in ("global_weight", "local_weight", "relation_weight"):
@@ -216,10 +220,18 @@ def relation_loss(student_tokens: torch.Tensor, target: torch.Tensor, kind: Rela
     return F.kl_div(log_s, t, reduction="none").sum(dim=-1).mean()
 
 
-def mean_aux(aux: Sequence[Mapping[str, torch.Tensor]], key: str, like: torch.Tensor) -> torch.Tensor:
-    """The mean of one auxiliary loss over decoder calls (the release's ``/ num_aux_loss``); 0 without calls."""
-    values = [a[key].float() for a in aux if key in a]
-    return torch.stack(values).mean() if values else like.new_zeros((), dtype=torch.float32)
+def mean_aux(aux: Sequence[Mapping[str, torch.Tensor]], key: str, like: torch.Tensor,
+             calls: Sequence[int] | None = None) -> torch.Tensor:
+    """The mean of one auxiliary loss over decoder calls; 0 without calls.
+
+    ``calls[i]``: how many of the release's decoder calls entry ``i`` stands for (dpal-cache decodes the global
+    view and the local crops in one call; the release calls the decoder once per view and divides by the count,
+    ``/ num_aux_loss``); None weighs the entries alike."""
+    values = [(a[key].float(), 1 if calls is None else calls[i]) for i, a in enumerate(aux) if key in a]
+    if not values:
+        return like.new_zeros((), dtype=torch.float32)
+    total = sum(n for _, n in values)
+    return torch.stack([v * (n / total) for v, n in values]).sum()
 
 
 def _require(value: torch.Tensor | None, term: str, what: str) -> torch.Tensor:
@@ -241,6 +253,8 @@ def compute_losses(
     relation_tokens: torch.Tensor | None = None,
     relation_target: torch.Tensor | None = None,
     aux: Sequence[Mapping[str, torch.Tensor]] = (),
+    aux_calls: Sequence[int] | None = None,
+    keep_tokens: torch.Tensor | None = None,
     router_ce_weight: float = 0.0,
     expert_l2_weight: float = 0.0,
     global_stats: TargetStats | None = None,
@@ -256,6 +270,10 @@ def compute_losses(
         pca_score, attn_cls: (B, L) mask sources (whichever ``cfg.mask`` uses).
         relation_tokens: decoded crowd tokens (B, Lc(+1), Dt); relation_target: the teacher map.
         aux: the ``aux`` dicts of every decoder call of the step; router CE and expert L2 are averaged over them.
+        aux_calls: how many of the release's decoder calls each ``aux`` entry stands for (``cfg.aux_average``
+            ``calls``); None: one each.
+        keep_tokens: (B, L) bool, False for patch tokens the store zeroed (``mask_at_extract``): their local-loss
+            weight is 0, whatever the mask.
         router_ce_weight: ``router_ce_weight(decoder_cfg, epoch)``; expert_l2_weight: ``decoder_cfg.expert_l2_weight``.
         global_stats, local_stats: target statistics, required when ``cfg.normalize_targets``.
 
@@ -284,13 +302,17 @@ def compute_losses(
         mask = None
         if cfg.mask != "none":
             mask = make_mask(cfg.mask, pca_score, attn_cls, cfg.mask_threshold, cfg.mask_soft)
+        if keep_tokens is not None:  # zeroed at extraction: not a target, whatever the mask says
+            keep = keep_tokens.to(torch.float32)
+            mask = keep if mask is None else mask * keep
         out["local"] = local_loss(pred, target, mask, cfg.local_norm)
     if cfg.relation_weight > 0:
         tokens = _require(relation_tokens, "relation", "decoded crowd tokens")
         target = _require(relation_target, "relation", f"teacher relation map ({cfg.relation!r} in the store)")
         out["relation"] = relation_loss(tokens, target, cfg.relation)
-    out["router_ce"] = mean_aux(aux, "router_ce", zero)
-    out["expert_l2"] = mean_aux(aux, "expert_l2", zero)
+    calls = aux_calls if cfg.aux_average == "calls" else None
+    out["router_ce"] = mean_aux(aux, "router_ce", zero, calls)
+    out["expert_l2"] = mean_aux(aux, "expert_l2", zero, calls)
     out["loss"] = (
         cfg.global_weight * out["global"]
         + cfg.local_weight * out["local"]
@@ -298,4 +320,4 @@ def compute_losses(
         + router_ce_weight * out["router_ce"]
         + expert_l2_weight * out["expert_l2"]
     )
-    return {k: out[k] for k in ("loss", "global", "local", "relation", "router_ce", "expert_l2")}
+    return {k: out[k] for k in LOSS_KEYS}

@@ -15,12 +15,10 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from dpal_cache.normalization import IMAGENET_MEAN, IMAGENET_STD
 from dpal_cache.train.decoders.config import DecoderConfig, Pattern, router_ce_weight
 from dpal_cache.train.losses import LossConfig, TargetStats, compute_losses
 from dpal_cache.train.students import Student
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class DistillModel(nn.Module):
@@ -29,10 +27,13 @@ class DistillModel(nn.Module):
     Args:
         view_grid, crowd_grid: the teacher's patch grids of global views and crowd images.
         token_stats: (4, D) class mean/std, patch mean/std for target normalisation (store calibration).
+        zeroed_background: the store zeroed background patch tokens (``mask_at_extract``): all-zero target rows
+            get local-loss weight 0.
     """
 
     def __init__(self, student: Student, decoder: nn.Module, loss_cfg: LossConfig, decoder_cfg: DecoderConfig,
-                 view_grid: tuple[int, int], crowd_grid: tuple[int, int], token_stats: torch.Tensor | None = None):
+                 view_grid: tuple[int, int], crowd_grid: tuple[int, int], token_stats: torch.Tensor | None = None,
+                 zeroed_background: bool = False):
         super().__init__()
         self.student = student
         self.decoder = decoder
@@ -44,6 +45,7 @@ class DistillModel(nn.Module):
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255.0, persistent=False)
         stats = token_stats if token_stats is not None else torch.zeros(4, 1)
         self.register_buffer("token_stats", stats.float(), persistent=False)
+        self.zeroed_background = zeroed_background
 
     def _normalise(self, x: torch.Tensor) -> torch.Tensor:
         return (x.float() - self.mean) / self.std
@@ -57,18 +59,20 @@ class DistillModel(nn.Module):
         if k and cfg.global_weight > 0:
             crop_out = self.student(self._normalise(crops.flatten(0, 1)))
             glob += list(crop_out["global"].view(b, k, -1).unbind(1))
-        aux = []
+        aux, calls = [], []  # calls: how many of the release's decoder calls each of ours stands for
         global_preds = []
         if cfg.global_weight > 0:
             # every view's class token is its own one-token sequence: views never attend to each other
             g = torch.stack(glob, dim=1).flatten(0, 1)[:, None]  # (B * (1 + K), 1, Ds)
             res = self.decoder(g, Pattern.GLOBAL)
             aux.append(res.aux)
+            calls.append(len(glob))  # the release decodes the global view and each crop in a call of its own
             global_preds = list(res.out[:, 0].view(b, len(glob), -1).unbind(1))  # (1 + K) x (B, Dt)
         local_pred = None
         if cfg.local_weight > 0:
             res = self.decoder(views["patches"], Pattern.LOCAL)  # (B, L, Dt)
             aux.append(res.aux)
+            calls.append(1)
             local_pred = res.out
         relation_tokens = None
         if cfg.relation_weight > 0:
@@ -78,6 +82,7 @@ class DistillModel(nn.Module):
                 tokens = torch.cat([crowd["global"][:, None], tokens], dim=1)  # (B, 1 + Lc, Ds)
             res = self.decoder(tokens, Pattern.RELATION)
             aux.append(res.aux)
+            calls.append(1)
             relation_tokens = res.out
         t_tokens = batch["t_tokens"]  # (B, 1 + L, Dt)
         stats = self.token_stats
@@ -92,6 +97,8 @@ class DistillModel(nn.Module):
             relation_tokens=relation_tokens,
             relation_target=batch["t_relation"],
             aux=aux,
+            aux_calls=calls,
+            keep_tokens=t_tokens[:, 1:].ne(0).any(dim=-1) if self.zeroed_background else None,
             router_ce_weight=router_ce_weight(self.decoder_cfg, epoch),
             expert_l2_weight=self.decoder_cfg.expert_l2_weight,
             global_stats=TargetStats(stats[0], stats[1]) if cfg.normalize_targets else None,

@@ -37,9 +37,10 @@ from torch.utils.data import Dataset
 
 from dpal_cache.config import from_dict, load_yaml
 from dpal_cache.data.sources import ImageSource
+from dpal_cache.devices import resolve_device
 from dpal_cache.extract.compute import TeacherStep
 from dpal_cache.extract.config import ExtractConfig
-from dpal_cache.extract.run import ExtractSession, resolve_device, store_identity
+from dpal_cache.extract.run import ExtractSession, store_identity
 from dpal_cache.store.calibration import Calibration
 from dpal_cache.store.codecs import as_targets, encode_outputs
 from dpal_cache.store.layout import STATUS_OK

@@ -15,7 +15,8 @@ from pathlib import Path
 from dpal_cache.outputs import check_output_folder
 
 # everything a run (and `viz curves` without --out) writes into its folder, temp files included
-RUN_ENTRIES = ("config.yaml", "extract.yaml", "metrics.jsonl", "last.pt", "tb", "curves.png", ".*.tmp-*")
+RUN_ENTRIES = ("config.yaml", "extract.yaml", "model.json", "metrics.jsonl", "last.pt", "tb", "curves.png",
+               ".*.tmp-*")
 RUN_WHAT = "a dpal-cache training run"
 
 

@@ -23,10 +23,7 @@ from collections.abc import Iterator
 import numpy as np
 from torch.utils.data import Sampler
 
-# counter-based random streams of the training data (views/params.py uses 1-4)
-STREAM_EPOCH_VIEW = 5  # which cached view trains in an epoch
-STREAM_EPOCH_CROWD = 6  # which cached crowd image
-STREAM_EPOCH_ORDER = 7  # the order of the samples
+from dpal_cache.streams import STREAM_EPOCH_CROWD, STREAM_EPOCH_ORDER, STREAM_EPOCH_VIEW  # noqa: F401 (re-exported)
 
 
 def _rng(seed: int, epoch: int, part: int) -> np.random.Generator:

@@ -7,10 +7,24 @@
     student(crowd, grid=(16, 16))          # ask for a grid explicitly
     timm.create_model(student.timm_name, **student.timm_kwargs)   # an identical backbone (export)
 
-Short names: ``vit_tiny_patch16``, ``vit_small_patch16``, ``swin_tiny``, ``swin_small``; any other
-timm ``VisionTransformer`` or ``SwinTransformer`` name is accepted as is. Reduced models for tests
-pass timm kwargs through (``build_student("vit_tiny_patch16", depth=2)``); they are recorded in
+Short names are the paper's students (Table 5), as timm models plus kwargs:
+
+| short name | timm model | dims | heads | blocks |
+|---|---|---|---|---|
+| ``vit_tiny_patch16`` | ``vit_tiny_patch16_224`` + ``num_heads=6`` | 192 | 6 (timm's own ViT-Ti has 3) | 12 |
+| ``vit_small_patch16`` | ``vit_small_patch16_224`` | 384 | 6 | 12 |
+| ``swin_tiny`` | ``swin_tiny_patch4_window7_224`` (window 8, below) | 96 | 3, 6, 12, 24 | 2, 2, 6, 2 |
+| ``swin_small`` | ``swin_small_patch4_window7_224`` (window 8) | 96 | 3, 6, 12, 24 | 2, 2, 18, 2 |
+
+Any other timm ``VisionTransformer`` or ``SwinTransformer`` name is accepted as is. Reduced models for
+tests pass timm kwargs through (``build_student("vit_tiny_patch16", depth=2)``); they are recorded in
 ``timm_kwargs`` like every other architecture kwarg.
+
+The authors' release trains its ViT students with more heads in the last block (12 for ViT-Ti, 16 with
+a 1024-dim teacher): ``last_block_heads``. The weights have the same shapes (only the split of the
+192 channels into heads changes), so the backbone is timm's model with three attributes of the last
+block's attention set after ``timm.create_model``; ``set_attributes`` names them, and ``export`` writes
+them into the student's JSON (``apply_attributes`` or four lines of plain Python apply them).
 
 One backbone serves every input size used in training (256x128 views, 256x256 crowd images,
 128x96 local crops):
@@ -46,12 +60,15 @@ from timm.models.vision_transformer import VisionTransformer
 
 from dpal_cache.config import check
 
-# short names of the paper's students -> timm model names
+# short names of the paper's students (Table 5) -> timm model names and the kwargs that make them so
 STUDENT_ALIASES: dict[str, str] = {
     "vit_tiny_patch16": "vit_tiny_patch16_224",
     "vit_small_patch16": "vit_small_patch16_224",
     "swin_tiny": "swin_tiny_patch4_window7_224",
     "swin_small": "swin_small_patch4_window7_224",
+}
+STUDENT_KWARGS: dict[str, dict[str, Any]] = {
+    "vit_tiny_patch16": {"num_heads": 6},  # the paper's ViT-Ti (Table 5); timm's vit_tiny has 3 heads
 }
 SWIN_WINDOW = 8  # divides every stage grid of a 256x128 view (see the module docstring)
 
@@ -68,6 +85,8 @@ class StudentConfig:
     window_size: int | None = None  # Swin only; None: SWIN_WINDOW
     target_stride: int = 16  # teacher patch size: patch tokens come out on (H / stride, W / stride)
     upsample: Literal["bilinear", "bicubic"] = "bilinear"  # Swin (or any coarser grid) -> teacher grid
+    last_block_heads: int | None = None  # ViT only: the release's variant (12 for ViT-Ti; 16 with a 1024-dim
+    # teacher); null = every block has the model's own head count
 
     def __post_init__(self) -> None:
         check(bool(self.name.strip()), "name", "must name a student, e.g. vit_tiny_patch16")
@@ -82,6 +101,8 @@ class StudentConfig:
             check(0.0 <= self.drop_path_rate < 1.0, "drop_path_rate", f"must be in [0, 1), got {self.drop_path_rate}")
         if self.window_size is not None:
             check(self.window_size > 0, "window_size", f"must be positive, got {self.window_size}")
+        if self.last_block_heads is not None:
+            check(self.last_block_heads >= 1, "last_block_heads", f"must be >= 1 or null, got {self.last_block_heads}")
 
 
 def resolve_timm_name(name: str) -> str:
@@ -114,6 +135,39 @@ def resample_grid(tokens: torch.Tensor, grid: tuple[int, int], mode: str) -> tor
     return tokens.reshape(B, -1, C)  # (B, h * w, C)
 
 
+def last_block_attributes(backbone: nn.Module, heads: int) -> dict[str, Any]:
+    """The attributes that give a timm ViT's last block ``heads`` attention heads over the same weights."""
+    if not isinstance(backbone, VisionTransformer):
+        raise ValueError("last_block_heads applies to ViT students only")
+    attn = backbone.blocks[-1].attn
+    width = attn.num_heads * attn.head_dim
+    if width % heads:
+        raise ValueError(f"last_block_heads {heads} does not divide the attention width {width}")
+    name = f"blocks.{len(backbone.blocks) - 1}.attn"
+    head_dim = width // heads
+    return {f"{name}.num_heads": heads, f"{name}.head_dim": head_dim, f"{name}.scale": head_dim ** -0.5}
+
+
+def apply_attributes(model: nn.Module, attributes: dict[str, Any]) -> nn.Module:
+    """Set dotted ``module.attribute`` paths (an exported student's ``set_attributes``) on a timm model."""
+    for path, value in attributes.items():
+        *parents, attr = path.split(".")
+        obj = model
+        for part in parents:
+            obj = getattr(obj, part)
+        if not hasattr(obj, attr):
+            raise ValueError(f"{type(model).__name__} has no attribute {path!r}: not the model these were made for")
+        setattr(obj, attr, value)
+    return model
+
+
+def create_backbone(timm_name: str, timm_kwargs: dict[str, Any], set_attributes: dict[str, Any] | None = None,
+                    **train_kwargs: Any) -> nn.Module:
+    """``timm.create_model(timm_name, **timm_kwargs)`` (no pretrained weights), then ``set_attributes``."""
+    model = timm.create_model(timm_name, pretrained=False, **timm_kwargs, **train_kwargs)
+    return apply_attributes(model, dict(set_attributes or {}))
+
+
 class Student(nn.Module):
     """A timm backbone that returns a global token and patch tokens on the teacher grid.
 
@@ -121,6 +175,8 @@ class Student(nn.Module):
         backbone: the timm ViT or Swin (``num_classes=0``).
         timm_name: its timm model name.
         timm_kwargs: the ``timm.create_model`` kwargs that rebuild it (architecture only).
+        set_attributes: attributes set after ``timm.create_model`` (``apply_attributes``), e.g. the release's
+            last-block head count.
         target_stride: teacher patch size; the default grid of an (H, W) input is (H / stride, W / stride).
         upsample: interpolation mode from a coarser (or finer) native grid to the requested one.
     """
@@ -132,6 +188,7 @@ class Student(nn.Module):
         timm_kwargs: dict[str, Any],
         target_stride: int = 16,
         upsample: str = "bilinear",
+        set_attributes: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if isinstance(backbone, VisionTransformer):
@@ -145,6 +202,7 @@ class Student(nn.Module):
         self.backbone = backbone
         self.timm_name = timm_name
         self.timm_kwargs = dict(timm_kwargs)
+        self.set_attributes = dict(set_attributes or {})
         self.embed_dim: int = backbone.num_features
         self.target_stride = target_stride
         self.upsample = upsample
@@ -196,12 +254,16 @@ def build_student(
         cfg = dataclasses.replace(cfg, img_size=tuple(img_size))
     timm_name = resolve_timm_name(cfg.name)
     family = _family_of(timm_name)
-    timm_kwargs: dict[str, Any] = {"img_size": tuple(cfg.img_size), "num_classes": 0, "dynamic_img_size": True}
+    timm_kwargs: dict[str, Any] = {"img_size": tuple(cfg.img_size), "num_classes": 0, "dynamic_img_size": True,
+                                   **STUDENT_KWARGS.get(cfg.name, {})}
     if family == "swin":
         timm_kwargs["window_size"] = cfg.window_size or SWIN_WINDOW
     elif cfg.window_size is not None:
         raise ValueError(f"window_size applies to Swin students only, not {timm_name}")
     timm_kwargs.update(timm_overrides)
     train_kwargs = {} if cfg.drop_path_rate is None else {"drop_path_rate": cfg.drop_path_rate}
-    backbone = timm.create_model(timm_name, pretrained=False, **timm_kwargs, **train_kwargs)
-    return Student(backbone, timm_name, timm_kwargs, target_stride=cfg.target_stride, upsample=cfg.upsample)
+    backbone = create_backbone(timm_name, timm_kwargs, **train_kwargs)
+    attributes = last_block_attributes(backbone, cfg.last_block_heads) if cfg.last_block_heads else {}
+    apply_attributes(backbone, attributes)
+    return Student(backbone, timm_name, timm_kwargs, target_stride=cfg.target_stride, upsample=cfg.upsample,
+                   set_attributes=attributes)

@@ -1,7 +1,7 @@
 """Configs of the view machinery: teacher global views, student local crops, crowd images.
 
-Defaults follow the official DPAL release (``shared/notes/method.md``, "Inputs per training
-sample"); every range and probability is a field so a run can change it and record it. The
+Defaults follow the official DPAL release's inputs per training sample (docs/method.md lists where
+paper, release and dpal-cache differ); every range and probability is a field so a run can change it and record it. The
 YAML twin of these defaults is ``configs/views.yaml``:
 
     cfg = load_config(ViewsConfig, "configs/views.yaml", sets=["crowd.mode=release"])

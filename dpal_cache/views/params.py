@@ -51,6 +51,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from dpal_cache.streams import STREAM_CROWD, STREAM_CROWD_LOCAL, STREAM_GLOBAL, STREAM_LOCAL  # noqa: F401
 from dpal_cache.views.config import GlobalViewConfig, ViewAugConfig, ViewsConfig
 
 LAYOUT_VERSION = 1
@@ -62,10 +63,6 @@ SLOTS = (
 )  # fmt: skip
 assert len(SLOTS) == PARAM_LEN
 
-STREAM_GLOBAL = 1
-STREAM_LOCAL = 2
-STREAM_CROWD = 3
-STREAM_CROWD_LOCAL = 4
 
 # Uniforms one view consumes: 10 box tries x (scale, ratio), box position (2), then flip, jitter,
 # 4 factors, 4 order keys, grayscale, blur, sigma (13). Fixed, so no draw depends on a branch taken.

@@ -42,7 +42,8 @@ BORDER = (170, 170, 170)
 Tile = tuple[Image.Image, list[str]]
 
 
-def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+def load_font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    """Pillow's default font at ``size`` (its fixed bitmap font where Pillow has no FreeType)."""
     try:
         return ImageFont.load_default(size=size)
     except TypeError:  # Pillow built without FreeType: fixed bitmap font
@@ -80,7 +81,8 @@ class _Sizes:
         return len(self.images)
 
 
-def _pil(x: torch.Tensor) -> Image.Image:
+def to_pil(x: torch.Tensor) -> Image.Image:
+    """A rendered uint8 (3, H, W) tensor as a Pillow RGB image."""
     return Image.fromarray(x.permute(1, 2, 0).numpy())  # (3, H, W) uint8 -> (H, W, 3)
 
 
@@ -146,25 +148,25 @@ def _row_tiles(
     tiles: list[Tile] = [(Image.fromarray(rgb).resize((thumb_w, tile_h), Image.Resampling.BICUBIC), ["source"])]
     for v in range(cfg.views_per_image):
         p = global_view_params(cfg.global_view, cfg.seed, index, v, size)
-        tiles.append((_pil(render_view(rgb, p)), [f"view {v}", *view_label(p)]))
+        tiles.append((to_pil(render_view(rgb, p)), [f"view {v}", *view_label(p)]))
     bg_sizes = _Sizes(backgrounds) if backgrounds is not None else None
     for c in range(cfg.crowds_per_image):
         try:
             r = make_recipe(cfg, cfg.seed, index, c, ok, _Sizes(images), bg_sizes)
             bg = backgrounds[r.background_index] if backgrounds is not None and r.background_kind == "folder" else None
             x = render_crowd(r, {i: images[i] for i in r.dataset_indices()}, bg)
-            tiles.append((_pil(x), [f"crowd {c}", *crowd_label(r)]))
+            tiles.append((to_pil(x), [f"crowd {c}", *crowd_label(r)]))
         except Exception as exc:  # e.g. a partner that does not decode when no manifest filtered it out
             log.warning("crowd %d of image %d: %s", c, index, exc)
             tiles.append(_error_tile(cfg.crowd.size, f"crowd {c}: {type(exc).__name__}: {exc}"))
     for k in range(cfg.local_crops.count):
         p = local_crop_params(cfg.local_crops, cfg.seed, epoch, index, k, size)
-        tiles.append((_pil(render_view(rgb, p)), [f"local {k} (epoch {epoch})", *view_label(p)]))
+        tiles.append((to_pil(render_view(rgb, p)), [f"local {k} (epoch {epoch})", *view_label(p)]))
     return header, tiles
 
 
 def _layout(rows: list[tuple[str, list[Tile]]]) -> Image.Image:
-    font, header_font = _font(FONT_SIZE), _font(HEADER_SIZE)
+    font, header_font = load_font(FONT_SIZE), load_font(HEADER_SIZE)
     line_h = FONT_SIZE + 3
     header_h = HEADER_SIZE + 6
     placed = []  # per row: header, [(image, lines, column width)], row height

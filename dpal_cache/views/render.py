@@ -21,11 +21,9 @@ import torch
 import torchvision.transforms.v2.functional as TF
 from torchvision.transforms import InterpolationMode
 
+from dpal_cache.normalization import IMAGENET_MEAN, IMAGENET_STD
 from dpal_cache.views import ops
 from dpal_cache.views.params import ViewParams
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def to_chw(image: np.ndarray | torch.Tensor) -> torch.Tensor:

@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
-from dpal_cache.views.preview import BACKGROUND, BORDER, INK, _font
+from dpal_cache.views.preview import BACKGROUND, BORDER, INK, load_font
 
 RGB = tuple[int, int, int]
 
@@ -49,7 +49,7 @@ def colours_used(img: Image.Image) -> set[RGB]:
 
 def font(size: int = FONT_SIZE):
     """Pillow's scalable default font at ``size`` (a bitmap font when Pillow lacks FreeType)."""
-    return _font(size)
+    return load_font(size)
 
 
 def text_box(text: str, size: int = FONT_SIZE) -> tuple[int, int]:

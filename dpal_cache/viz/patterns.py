@@ -42,7 +42,7 @@ from dpal_cache.store.errors import StoreError
 from dpal_cache.store.reader import StoreReader
 from dpal_cache.views.config import ViewsConfig
 from dpal_cache.views.crowd import CrowdRecipe, render_crowd
-from dpal_cache.views.preview import _pil, preview_indices
+from dpal_cache.views.preview import preview_indices, to_pil
 from dpal_cache.views.render import render_view, resize
 from dpal_cache.viz import draw
 
@@ -298,7 +298,7 @@ def _patterns_figure(src: StoreImages, idx: np.ndarray, views: torch.Tensor, t_r
     rows, titles = [], []
     for k, i in enumerate(idx):
         rows.append([
-            draw.upscale(_pil(views[k]), tile_h),
+            draw.upscale(to_pil(views[k]), tile_h),
             draw.map_image(t_rgb[k].reshape(h, w, 3), tile_h, tile_w),
             draw.map_image(s_rgb[k].reshape(h, w, 3), tile_h, tile_w),
             draw.map_image(t_mask[k].reshape(h, w), tile_h, tile_w),
@@ -324,7 +324,7 @@ def _crowds_figure(src: StoreImages, idx: np.ndarray, crowds: torch.Tensor, reci
     tile_h, tile_w = _tile_size(H, W)
     rows, titles = [], []
     for k, i in enumerate(idx):
-        rows.append([draw.upscale(_pil(crowds[k]), tile_h),
+        rows.append([draw.upscale(to_pil(crowds[k]), tile_h),
                      draw.map_image(t_rgb[k].reshape(h, w, 3), tile_h, tile_w),
                      draw.map_image(s_rgb[k].reshape(h, w, 3), tile_h, tile_w)])
         sources = " ".join(f"#{p.index}" for p in recipes[k].pastes)

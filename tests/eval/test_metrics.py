@@ -1,4 +1,4 @@
-"""Metrics against hand-computed cases, one per convention of shared/notes/eval.md."""
+"""Metrics against hand-computed cases, one per convention of docs/evaluation.md."""
 
 from __future__ import annotations
 

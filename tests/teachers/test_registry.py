@@ -7,7 +7,8 @@ import dataclasses
 import pytest
 
 from dpal_cache.config import ConfigError
-from dpal_cache.teachers.registry import IMAGENET_MEAN, IMAGENET_STD, get_teacher_spec, known_teachers, patch_grid
+from dpal_cache.normalization import IMAGENET_MEAN, IMAGENET_STD
+from dpal_cache.teachers.registry import get_teacher_spec, known_teachers, patch_grid
 
 # name: (embed_dim, depth, num_heads, pretraining (H, W), class token, patch padding, layout)
 REAL = {

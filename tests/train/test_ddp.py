@@ -55,7 +55,7 @@ def test_two_process_torchrun_trains_on_disjoint_samples(store, tmp_path, read_m
 
     records = read_metrics(run_dir)
     assert [r["step"] for r in records] == [1, 2, 3]  # one writer: one line per step
-    assert sorted(p.name for p in run_dir.iterdir()) == ["config.yaml", "last.pt", "metrics.jsonl"]
+    assert sorted(p.name for p in run_dir.iterdir()) == ["config.yaml", "last.pt", "metrics.jsonl", "model.json"]
     assert load_checkpoint(run_dir / "last.pt")["step"] == 3
 
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]

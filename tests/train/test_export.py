@@ -18,6 +18,7 @@ from timm.data import resolve_data_config
 
 from dpal_cache.config import to_dict
 from dpal_cache.data.sources import open_source
+from dpal_cache.normalization import IMAGENET_MEAN, IMAGENET_STD
 from dpal_cache.train.checkpoint import load_checkpoint, save_checkpoint
 from dpal_cache.train.config import TrainConfig
 from dpal_cache.train.decoders import build_decoder
@@ -25,12 +26,15 @@ from dpal_cache.train.decoders.config import DecoderConfig
 from dpal_cache.train.export import export_student
 from dpal_cache.train.loop import train
 from dpal_cache.train.losses import LossConfig
-from dpal_cache.train.model import IMAGENET_MEAN, IMAGENET_STD, DistillModel
-from dpal_cache.train.students import build_student
+from dpal_cache.train.model import DistillModel
+from dpal_cache.train.students import StudentConfig, build_student
 
 STUDENTS = {  # reduced widths / depths: the architecture and key layout are what matter
     "vit_tiny_patch16": ((64, 32), {"depth": 2}),
+    "vit_tiny_patch16+last12": ((64, 32), {"depth": 2}),  # the release's variant: 12 heads in the last block
+    "vit_small_patch16": ((64, 32), {"depth": 1}),
     "swin_tiny": ((64, 32), {"depths": (2, 2, 2, 2), "embed_dim": 32, "num_heads": (1, 2, 4, 8)}),
+    "swin_small": ((64, 32), {"depths": (2, 2, 4, 2), "embed_dim": 32, "num_heads": (1, 2, 4, 8)}),
 }
 
 
@@ -43,9 +47,12 @@ def _perturb(module: torch.nn.Module, seed: int) -> None:
 
 
 def make_run(run_dir: Path, name: str, img_size=(64, 32), ema: bool = True, **timm_kwargs):
-    """A run directory whose last.pt is shaped like the loop's; returns (student, EMA student or None)."""
+    """A run directory whose last.pt is shaped like the loop's; returns (student, EMA student or None).
+    ``NAME+last12``: the student with 12 heads in its last block."""
     torch.manual_seed(0)
-    student = build_student(name, img_size=img_size, **timm_kwargs)
+    name, _, variant = name.partition("+")
+    cfg = StudentConfig(name=name, img_size=img_size, last_block_heads=12 if variant == "last12" else None)
+    student = build_student(cfg, **timm_kwargs)
     model = DistillModel(student, build_decoder("linear", student.embed_dim, 192), LossConfig(),
                          DecoderConfig(kind="linear"), (img_size[0] // 16, img_size[1] // 16), (4, 4))
     _perturb(model, 1)
@@ -64,18 +71,26 @@ def make_run(run_dir: Path, name: str, img_size=(64, 32), ema: bool = True, **ti
         "batch_in_epoch": 2,
         "rng_cpu": torch.get_rng_state(),
         "rng_cuda": None,
-        "student": {"timm_name": student.timm_name, "timm_kwargs": student.timm_kwargs},
+        "student": {"timm_name": student.timm_name, "timm_kwargs": student.timm_kwargs,
+                    "set_attributes": student.set_attributes},
         "store": {"url": "feats.zarr", "teacher": {"name": "random:vit_tiny", "embed_dim": 192}, "views_seed": 0},
     })
     return student.eval(), shadow.eval() if shadow is not None else None
 
 
 def load_with_timm(out: Path, strict_cfg: bool = False) -> torch.nn.Module:
-    """The export loaded the way its users load it: timm, the JSON's name and kwargs, nothing of ours."""
+    """The export loaded the way its users load it: timm, the JSON's name, kwargs and attributes, nothing of ours."""
     info = json.loads(out.with_suffix(".json").read_text())
     overlay = dict(file=str(out), **(info["pretrained_cfg_overlay"] if strict_cfg else {}))
-    return timm.create_model(info["timm_name"], pretrained=True, pretrained_cfg_overlay=overlay,
-                             **info["timm_kwargs"]).eval()
+    model = timm.create_model(info["timm_name"], pretrained=True, pretrained_cfg_overlay=overlay,
+                              **info["timm_kwargs"]).eval()
+    for path, value in info["set_attributes"].items():  # the export's documented recipe, in plain Python
+        *parents, attr = path.split(".")
+        obj = model
+        for part in parents:
+            obj = getattr(obj, part)
+        setattr(obj, attr, value)
+    return model
 
 
 def max_diff(a: torch.nn.Module, b: torch.nn.Module, size) -> float:
@@ -104,6 +119,16 @@ def test_export_loads_in_timm_and_matches_the_student(tmp_path, name):
     assert info["timm_kwargs"]["img_size"] == list(size) and info["timm_kwargs"]["num_classes"] == 0
     assert info["teacher"]["name"] == "random:vit_tiny" and info["run"]["step"] == 7
     assert info["parameters"] == sum(p.numel() for p in student.backbone.parameters())
+    if name.endswith("+last12"):  # the variant computes another function than the 6-head model on the same weights
+        assert info["set_attributes"] == {"blocks.1.attn.num_heads": 12, "blocks.1.attn.head_dim": 16,
+                                          "blocks.1.attn.scale": 0.25}
+        plain = timm.create_model(info["timm_name"], pretrained=True, pretrained_cfg_overlay=dict(file=str(out)),
+                                  **info["timm_kwargs"]).eval()
+        assert max_diff(plain, student.backbone, size) > 1e-4
+    else:
+        assert info["set_attributes"] == {}
+    if name.startswith("vit_tiny"):
+        assert info["timm_kwargs"]["num_heads"] == 6  # the paper's ViT-Ti
 
 
 def test_ema_export(tmp_path):

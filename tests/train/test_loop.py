@@ -130,3 +130,71 @@ def test_trains_from_an_lmdb_source_with_worker_processes(persons, tmp_path, tra
     extract(store_extract_config(), open_source(db), read_manifest(tmp_path / "lup.parquet"), store)
     summary = train(train_config("max_steps=3", "workers=2"), store, open_source(db), tmp_path / "run")
     assert summary.steps == 3 and len(read_metrics(tmp_path / "run")) == 3
+
+
+def test_a_store_masked_at_extraction_trains_without_its_zeroed_rows(make_store, tmp_path, train_config,
+                                                                     read_metrics, monkeypatch):
+    import dpal_cache.train.model as model_module
+    from dpal_cache.store.codecs import decode_targets
+    from dpal_cache.train.data import StoreDataset
+    from dpal_cache.train.loop import build_model
+
+    masked = make_store("masked", mask_at_extract=0.5)
+    cfg = train_config("max_steps=2")
+    dataset = StoreDataset(masked.url, open_source(masked.folder))
+    model = build_model(cfg, dataset)
+    assert model.zeroed_background
+    seen = {}
+    real = model_module.compute_losses
+    monkeypatch.setattr(model_module, "compute_losses", lambda *a, **kw: seen.update(kw) or real(*a, **kw))
+    batch = decode_targets(dataset.__getitems__(list(range(4))), torch.as_tensor(dataset.token_scales))
+    model(batch, 0)
+    keep = seen["keep_tokens"]
+    stored = batch["t_tokens"][:, 1:]
+    assert torch.equal(keep, stored.ne(0).any(-1)) and bool((~keep).any()) and bool(keep.any())
+    assert bool((batch["t_mask_score"][~keep] <= 0.5 + 1e-3).all())  # the rows extraction zeroed
+    monkeypatch.undo()
+    summary = run(cfg, masked, tmp_path / "run")
+    assert summary.steps == 2 and all(math.isfinite(r["loss"]) for r in read_metrics(tmp_path / "run"))
+    unmasked = build_model(cfg, StoreDataset(make_store("main", gram=True).url, open_source(masked.folder)))
+    assert not unmasked.zeroed_background
+
+
+def test_parameter_counts_are_logged_and_recorded(store, tmp_path, train_config, caplog):
+    import json
+
+    with caplog.at_level("INFO", logger="dpal_cache.train.loop"):
+        summary = run(train_config("max_steps=1"), store, tmp_path / "run")
+    sizes = json.loads((tmp_path / "run" / "model.json").read_text())
+    assert sizes["student"]["parameters"] == summary.parameters["student"] > 5_000_000  # the paper's ViT-Ti: 5.5M
+    assert sizes["decoder"]["parameters"] == summary.parameters["decoder"] > 0
+    assert sizes["decoder"]["projected_to"] is None  # ViT-Ti is 192 wide: no down-projection
+    assert f"{sizes['student']['parameters'] / 1e6:.2f}M parameters" in caplog.text
+
+
+def test_learned_tokens_and_norms_are_not_decayed():
+    from dpal_cache.train.decoders import build_decoder
+    from dpal_cache.train.decoders.config import DecoderConfig
+    from dpal_cache.train.loop import param_groups
+
+    decoder = build_decoder("dpade", 32, 48, DecoderConfig())
+    decay, no_decay = param_groups(decoder, 0.05)
+    names = {id(p): n for n, p in decoder.named_parameters()}
+    skipped = {names[id(p)] for p in no_decay["params"]}
+    assert {"router.token", "generator.queries"} <= skipped  # the release does not decay them
+    assert not any(n.endswith("weight") and "norm" not in n and p.ndim > 1 for n, p in decoder.named_parameters()
+                   if n in skipped)
+    assert no_decay["weight_decay"] == 0.0 and decay["weight_decay"] == 0.05
+
+
+def test_ema_follows_the_cosine_momentum_schedule(store, tmp_path, train_config):
+    from dpal_cache.train.schedule import ema_decay_at
+
+    assert ema_decay_at(0, 100, 0.996, "cosine") == pytest.approx(0.996)
+    assert ema_decay_at(50, 100, 0.996, "cosine") == pytest.approx(0.998)
+    assert ema_decay_at(100, 100, 0.996, "cosine") == pytest.approx(1.0)
+    assert ema_decay_at(37, 100, 0.996) == 0.996
+    with pytest.raises(ValueError, match="cosine"):
+        ema_decay_at(1, 10, 0.9, "linear")
+    summary = run(train_config("max_steps=2", "ema_decay=0.5", "ema_schedule=cosine"), store, tmp_path / "run")
+    assert summary.steps == 2 and load_checkpoint(tmp_path / "run" / "last.pt")["ema"] is not None

@@ -149,3 +149,39 @@ def test_loss_backpropagates_and_config_checks():
         LossConfig(mask_threshold=1.5)
     with pytest.raises(ConfigError, match="local_weight"):
         LossConfig(local_weight=-1.0)
+
+
+def test_tokens_zeroed_at_extraction_get_no_local_weight():
+    # mask_at_extract zeroes background target rows: whatever the mask (soft PCA, none, normalised targets), the
+    # student is not trained towards them
+    gen = torch.Generator().manual_seed(0)
+    pred, target = torch.randn(2, 6, 8, generator=gen), torch.randn(2, 6, 8, generator=gen)
+    keep = torch.tensor([[True, True, False, True, False, True], [False, True, True, True, True, False]])
+    target = target * keep[..., None]  # the store's zeroed rows
+    score = torch.rand(2, 6, generator=gen)
+    stats = TargetStats(torch.randn(8, generator=gen), torch.rand(8, generator=gen) + 0.5)
+    for cfg in (LossConfig(global_weight=0, relation_weight=0),
+                LossConfig(global_weight=0, relation_weight=0, mask="none"),
+                LossConfig(global_weight=0, relation_weight=0, normalize_targets=True, local_norm="mask")):
+        args = dict(local_target=target, pca_score=score, keep_tokens=keep, local_stats=stats)
+        base = compute_losses(cfg, local_pred=pred, **args)["local"]
+        moved = pred.clone()
+        moved[~keep] += 5.0  # predictions on zeroed rows do not matter
+        assert torch.allclose(compute_losses(cfg, local_pred=moved, **args)["local"], base)
+        pred_kept = pred.clone()
+        pred_kept[keep] += 5.0  # on kept rows they do
+        assert not torch.allclose(compute_losses(cfg, local_pred=pred_kept, **args)["local"], base)
+
+
+def test_auxiliary_losses_average_over_the_releases_decoder_calls():
+    aux = [{"router_ce": torch.tensor(3.0), "expert_l2": torch.tensor(1.0)},  # global view + 2 crops: 3 calls
+           {"router_ce": torch.tensor(1.0), "expert_l2": torch.tensor(2.0)},
+           {"router_ce": torch.tensor(2.0), "expert_l2": torch.tensor(4.0)}]
+    target = torch.zeros(2, 4)
+    kwargs = dict(global_preds=[target], global_target=target, aux=aux, aux_calls=[3, 1, 1])
+    calls = compute_losses(LossConfig(local_weight=0, relation_weight=0), **kwargs)
+    assert math.isclose(float(calls["router_ce"]), (3 * 3.0 + 1.0 + 2.0) / 5, rel_tol=1e-6)  # release: / num_aux
+    assert math.isclose(float(calls["expert_l2"]), (3 * 1.0 + 2.0 + 4.0) / 5, rel_tol=1e-6)
+    patterns = compute_losses(LossConfig(local_weight=0, relation_weight=0, aux_average="patterns"), **kwargs)
+    assert math.isclose(float(patterns["router_ce"]), 2.0, rel_tol=1e-6)
+    assert math.isclose(float(patterns["expert_l2"]), 7 / 3, rel_tol=1e-6)

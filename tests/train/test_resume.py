@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from dpal_cache.data.sources import open_source
-from dpal_cache.train.checkpoint import load_checkpoint
+from dpal_cache.train.checkpoint import load_checkpoint, save_checkpoint
 from dpal_cache.train.data import StoreMismatch
 from dpal_cache.train.loop import LOSS_KEYS, train
 
@@ -63,6 +63,13 @@ def test_wrong_resumes_are_refused(store, tmp_path, train_config):
     with pytest.raises(StoreMismatch, match=r"different config.*\n  loss\.mask: run has 'pca', now 'none'"):
         train(train_config("max_steps=2", "decoder.kind=linear", "loss.mask=none"), store.url, source,
               tmp_path / "run", resume=True)
+    # a checkpoint of a 3-head ViT-Ti (what vit_tiny_patch16 built before it became the paper's 6-head model):
+    # the weights would fit, the function would not
+    state = load_checkpoint(tmp_path / "run" / "last.pt")
+    state["student"]["timm_kwargs"].pop("num_heads")
+    save_checkpoint(tmp_path / "run" / "last.pt", state)
+    with pytest.raises(StoreMismatch, match="another architecture"):
+        train(train_config("max_steps=2", "decoder.kind=linear"), store.url, source, tmp_path / "run", resume=True)
     with pytest.raises(FileNotFoundError, match="nothing to resume: .*never_ran does not exist"):
         train(cfg, store.url, source, tmp_path / "never_ran", resume=True)
     assert not (tmp_path / "never_ran").exists()  # a refused run leaves no folder behind

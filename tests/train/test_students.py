@@ -125,3 +125,42 @@ def test_sizes_off_the_stride_are_refused(students):
         students["vit_tiny_patch16"](torch.randn(1, 3, 120, 96))
     with pytest.raises(ValueError, match="stride 32"):
         students["swin_tiny"](torch.randn(1, 3, 128, 80))
+
+
+@pytest.mark.parametrize("name, dim, heads, depths", [
+    ("vit_tiny_patch16", 192, [6] * 12, [12]),  # paper Table 5 (timm's own ViT-Ti has 3 heads)
+    ("vit_small_patch16", 384, [6] * 12, [12]),
+    ("swin_tiny", 96, [3, 6, 12, 24], [2, 2, 6, 2]),
+    ("swin_small", 96, [3, 6, 12, 24], [2, 2, 18, 2]),
+])
+def test_short_names_are_the_papers_students(name, dim, heads, depths):
+    with torch.device("meta"):
+        backbone = build_student(name).backbone
+    if name.startswith("vit"):
+        assert backbone.embed_dim == dim and len(backbone.blocks) == depths[0]
+        assert [b.attn.num_heads for b in backbone.blocks] == heads
+    else:
+        assert backbone.embed_dim == dim
+        assert [len(layer.blocks) for layer in backbone.layers] == depths
+        assert [layer.blocks[0].attn.num_heads for layer in backbone.layers] == heads
+
+
+def test_the_releases_last_block_heads():
+    torch.manual_seed(0)
+    variant = build_student(StudentConfig(last_block_heads=12), depth=2).eval()
+    attn = variant.backbone.blocks[-1].attn
+    assert (attn.num_heads, attn.head_dim, attn.scale) == (12, 16, 0.25)
+    assert variant.backbone.blocks[0].attn.num_heads == 6
+    assert variant.set_attributes == {"blocks.1.attn.num_heads": 12, "blocks.1.attn.head_dim": 16,
+                                      "blocks.1.attn.scale": 0.25}
+    torch.manual_seed(0)
+    plain = build_student("vit_tiny_patch16", depth=2).eval()
+    plain.load_state_dict(variant.state_dict())  # the same weights, split into other heads
+    x = torch.randn(1, 3, 256, 128)
+    with torch.no_grad():
+        assert (plain(x)["global"] - variant(x)["global"]).abs().max() > 1e-4
+    with pytest.raises(ValueError, match="ViT students only"):
+        build_student(StudentConfig(name="swin_tiny", last_block_heads=12), depths=(2, 2, 2, 2), embed_dim=32,
+                      num_heads=(1, 2, 4, 8))
+    with pytest.raises(ValueError, match="does not divide"):
+        build_student(StudentConfig(last_block_heads=7), depth=1)

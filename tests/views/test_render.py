@@ -12,10 +12,11 @@ import pytest
 import torch
 import torchvision.transforms.v2.functional as TF
 
+from dpal_cache.normalization import IMAGENET_MEAN, IMAGENET_STD
 from dpal_cache.views import ops
 from dpal_cache.views.config import GlobalViewConfig, LocalCropConfig
 from dpal_cache.views.params import ViewParams, global_view_params
-from dpal_cache.views.render import IMAGENET_MEAN, IMAGENET_STD, normalize, render_view
+from dpal_cache.views.render import normalize, render_view
 
 
 def _image(h: int = 220, w: int = 100, seed: int = 0) -> np.ndarray:

@@ -56,7 +56,8 @@ class DecoderConfig:
     kind: DecoderKind = "dpade"
     heads: int = 16  # D-PaDe / MoE self- and cross-attention, MAE blocks (release: align_num_heads 16)
     router_heads: int = 12  # router cross-attention (release: 12, hard-coded)
-    inner_dim: int | None = None  # optional down-projection Ds -> Di (release: 192 for Swin and ViT-B students)
+    inner_dim: int | None = 192  # students wider than this are projected down to it first (release: 192 for Swin
+    # and ViT-B students; ViT-Ti is 192 already); null = never project
     expert_scale: float = 256.0  # D-PaDe: the mixed expert matrix is divided by this (release: 256)
     low_rank: int | None = None  # D-PaDe: generate experts as U (Di x r) @ V (r x Dt) instead of full matrices
     router_ce_weight: float = 0.1  # weight of the router cross-entropy before router_ce_switch_epoch
@@ -84,6 +85,11 @@ class DecoderConfig:
         check(self.mae_depth >= 1, "mae_depth", f"must be >= 1, got {self.mae_depth}")
         check(self.mlp_ratio > 0, "mlp_ratio", f"must be > 0, got {self.mlp_ratio}")
         check(self.norm_eps > 0, "norm_eps", f"must be > 0, got {self.norm_eps}")
+
+    def projected_width(self, student_dim: int) -> int | None:
+        """The width student tokens are projected down to before the decoder (``inner_dim`` when the student is
+        wider), or None: the decoder works at the student's width."""
+        return self.inner_dim if self.inner_dim is not None and student_dim > self.inner_dim else None
 
 
 class DecoderOutput(NamedTuple):

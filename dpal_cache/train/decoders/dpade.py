@@ -4,7 +4,7 @@
     res = dec(tokens, Pattern.LOCAL)       # tokens (B, L, 192) -> res.out (B, L, 768)
 
 The computation follows the authors' release (``LossMOEDecoder`` / ``MoEGate``), with D = Ds,
-or Di when ``inner_dim`` is set:
+or Di = ``inner_dim`` when the student is wider (``DecoderConfig.projected_width``):
 
 0. optional down-projection: x = LN(GELU(Linear(x)))                              # (B, L, D)
 1. y = LN(x + SelfAttn(x))  (no pre-norm)                                         # (B, L, D)
@@ -63,11 +63,10 @@ class TokenMixer(nn.Module):
 
     def __init__(self, student_dim: int, cfg: DecoderConfig) -> None:
         super().__init__()
-        self.dim = cfg.inner_dim or student_dim
-        if cfg.inner_dim:
-            self.down = nn.Sequential(
-                nn.Linear(student_dim, cfg.inner_dim), nn.GELU(), nn.LayerNorm(cfg.inner_dim, eps=cfg.norm_eps)
-            )
+        inner = cfg.projected_width(student_dim)
+        self.dim = inner or student_dim
+        if inner:
+            self.down = nn.Sequential(nn.Linear(student_dim, inner), nn.GELU(), nn.LayerNorm(inner, eps=cfg.norm_eps))
         else:
             self.down = nn.Identity()
         self.attn = Attention(self.dim, num_heads=resolve_heads(self.dim, cfg.heads), qkv_bias=True)

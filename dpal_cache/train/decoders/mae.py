@@ -2,7 +2,7 @@
 
     res = MAEDecoder(192, 768, DecoderConfig(kind="mae"))(tokens, pattern)   # (B, L, 192) -> (B, L, 768)
 
-As MAE's decoder: Linear(Ds -> D) embedding (D = ``inner_dim``, else Ds, then an identity),
+As MAE's decoder: Linear(Ds -> D) embedding (D = ``inner_dim`` for a wider student, else Ds and an identity),
 ``mae_depth`` pre-norm timm blocks (``heads`` resolved for D, ``mlp_ratio``), LayerNorm,
 Linear(D -> Dt). All patterns share the weights; no router: ``aux`` holds zeros, ``scores`` None.
 """
@@ -26,8 +26,9 @@ class MAEDecoder(nn.Module):
         super().__init__()
         cfg = cfg or DecoderConfig(kind="mae")
         self.student_dim, self.teacher_dim = student_dim, teacher_dim
-        dim = cfg.inner_dim or student_dim
-        self.embed = nn.Linear(student_dim, dim) if cfg.inner_dim else nn.Identity()
+        inner = cfg.projected_width(student_dim)
+        dim = inner or student_dim
+        self.embed = nn.Linear(student_dim, dim) if inner else nn.Identity()
         norm = partial(nn.LayerNorm, eps=cfg.norm_eps)
         self.blocks = nn.Sequential(
             *[
