@@ -8,7 +8,6 @@ from __future__ import annotations
 import typer
 
 from dpal_cache import __version__
-from dpal_cache.cli import planned
 
 app = typer.Typer(
     name="dpal-cache",
@@ -44,7 +43,6 @@ def _register() -> None:
         return
     from dpal_cache.cli import synth, scan, extract, inspect, train, viz, export, evaluate, demo, bench  # noqa: F401, I001  (each adds a command; help order)
 
-    planned.register(app)
     _registered = True
 
 

@@ -19,6 +19,7 @@ from rich.progress import (
 )
 
 from dpal_cache.config import ConfigError, load_config
+from dpal_cache.teachers.registry import known_teachers
 
 T = TypeVar("T")
 
@@ -26,6 +27,10 @@ console = Console(stderr=True)
 
 CONFIG_HELP = "YAML file with config keys (see configs/); CLI options override it."
 SET_HELP = "Override a config key: --set key=value (value parsed as YAML; dotted keys for sections). Repeatable."
+
+# the registered teachers, for --teacher help and errors (the registry is the one list)
+TEACHERS_HELP = ", ".join([n for n in known_teachers() if not n.startswith(("timm:", "random:"))]
+                          + ["timm:<model> with --checkpoint", "random:<arch> (random weights: mechanics only)"])
 
 
 def setup_logging(verbose: bool = False) -> None:

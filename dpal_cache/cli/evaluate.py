@@ -21,7 +21,7 @@ import typer
 from rich.table import Table
 
 from dpal_cache.cli import app
-from dpal_cache.cli.common import console, fail, output_file, parse_size, progress_bar, setup_logging
+from dpal_cache.cli.common import TEACHERS_HELP, console, fail, output_file, parse_size, progress_bar, setup_logging
 
 HELP = "Quick frozen-backbone probes: reid, attributes, parsing (student vs teacher with --teacher)."
 eval_app = typer.Typer(help=HELP, no_args_is_help=True, add_completion=False)
@@ -29,7 +29,7 @@ app.add_typer(eval_app, name="eval", help=HELP)
 
 MODEL_HELP = ("student.safetensors from `dpal-cache export` (student.json next to it); or an UNTRAINED baseline: "
               "random:<student> (e.g. random:vit_tiny_patch16) or random:<student.safetensors> (its architecture).")
-TEACHER_HELP = "Also run this teacher (path-b, timm:<name>, random:vit_tiny...) and report both side by side."
+TEACHER_HELP = f"Also run this teacher ({TEACHERS_HELP}) and report both side by side."
 
 # display names, in table order
 METRIC_NAMES = {

@@ -16,6 +16,7 @@ from dpal_cache.cli.common import (
     CONFIG_HELP,
     RENDER_DEVICE_HELP,
     SET_HELP,
+    TEACHERS_HELP,
     console,
     fail,
     progress_bar,
@@ -75,8 +76,7 @@ def _extract_on_cluster(scheduler: str | None, dask_workers: int | None, **kwarg
 def extract_command(
     data: Path = typer.Option(..., "--data", help="Images: folder, list file (.txt/.csv/.parquet) or LMDB folder."),
     out: str = typer.Option(..., "--out", help="Store to write: a local path or an fsspec URL (s3://, gs://...)."),
-    teacher: str | None = typer.Option(None, "--teacher", help="Required: path-b, path-l, hap-b, sapiens-0.3b, "
-                                       "timm:<model>, or random:<arch> (random weights: mechanics only)."),
+    teacher: str | None = typer.Option(None, "--teacher", help=f"Required: {TEACHERS_HELP}."),
     checkpoint: Path | None = typer.Option(None, "--checkpoint", help="Teacher weights file (.pth/.safetensors)."),
     manifest: Path | None = typer.Option(None, "--manifest", help="Manifest from `dpal-cache scan` "
                                          "(default: OUT.manifest.parquet, scanned now if missing)."),
@@ -131,8 +131,7 @@ def extract_command(
                              "views.seed": seed}.items() if v is not None},
     )
     if not cfg.teacher:
-        raise fail("pass --teacher: path-b, path-l, hap-b, sapiens-0.3b, timm:<model> with --checkpoint, or "
-                   "random:<arch> (random weights, for trying the mechanics)")
+        raise fail(f"pass --teacher: {TEACHERS_HELP}")
     from dpal_cache.extract.run import check_store_apart, extract, make_layout
     from dpal_cache.store.io import StoreError, check_store_location
     from dpal_cache.teachers import CheckpointError, load_teacher

@@ -24,6 +24,7 @@ from dpal_cache.cli.common import (
     CONFIG_HELP,
     RENDER_DEVICE_HELP,
     SET_HELP,
+    TEACHERS_HELP,
     console,
     fail,
     progress_bar,
@@ -90,7 +91,7 @@ def train_command(
     store: str | None = typer.Option(None, "--store", help="Feature store from `dpal-cache extract` "
                                      "(local path or fsspec URL)."),
     teacher: str | None = typer.Option(None, "--teacher", help="Online mode instead of --store: the teacher runs "
-                                       "in the loop (path-b, hap-b, timm:<model>, random:<arch>...)."),
+                                       f"in the loop ({TEACHERS_HELP})."),
     checkpoint: Path | None = typer.Option(None, "--checkpoint", help="Online mode: teacher weights file."),
     extract_config: Path | None = typer.Option(None, "--extract-config", help="Online mode: YAML of extract "
                                                "settings (views, precision...) the targets are computed with."),

@@ -112,9 +112,14 @@ def patterns(
     """
     setup_logging(verbose)
     from dpal_cache.data.sources import SourceError
+    from dpal_cache.devices import resolve_device
     from dpal_cache.store.io import StoreError
     from dpal_cache.viz.patterns import PatternError, pattern_report
 
+    try:
+        resolve_device(device)  # cuda on a machine without it: an error line before any work
+    except RuntimeError as exc:
+        raise fail(str(exc)) from None
     stages = ["reading the store", "patch tokens", "crowd images", "class-token embedding", "report"]
     with progress_bar(transient=True) as progress:
         task = progress.add_task("patterns", total=len(stages), rate="")

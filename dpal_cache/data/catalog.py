@@ -54,8 +54,9 @@ def source_as_scanned(source: ImageSource, manifest: pa.Table) -> ImageSource:
                           "scanned, or scan this one")
     new = len(current) - (len(keys) - gone)
     if gone or new:
-        log.warning("%s changed since the scan: %d scanned file(s) are gone (they are recorded as missing), %d new "
-                    "file(s) are left out (re-run scan to include them)", source.root, gone, new)
+        parts = ([f"{gone} scanned file(s) are gone (they are recorded as missing)"] if gone else []) + (
+            [f"{new} new file(s) are left out (re-run scan to include them)"] if new else [])
+        log.warning("%s changed since the scan: %s", source.root, "; ".join(parts))
     else:  # the same files, scanned in another order (e.g. from an LMDB of them): read them in the scan's
         log.info("%s holds the scanned images in another order; reading them in the scan's order", source.root)
     return FolderSource.with_keys(source.root, [current.get(k, k) for k in keys], source.extensions)

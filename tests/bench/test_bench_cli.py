@@ -7,14 +7,9 @@ import json
 from typer.testing import CliRunner
 
 from dpal_cache.cli import _register, app
-from dpal_cache.cli.planned import PLANNED
 
 _register()
 runner = CliRunner()
-
-
-def test_bench_is_built_not_planned():
-    assert "bench" not in PLANNED
 
 
 def test_bench_cli_writes_json_with_its_sections_and_targets(tmp_path, tiny_bench_args):

@@ -10,7 +10,6 @@ import pytest
 from typer.testing import CliRunner
 
 from dpal_cache import cli
-from dpal_cache.cli.planned import PLANNED
 from dpal_cache.eval.reid import metrics_from_features
 
 cli._register()
@@ -22,8 +21,7 @@ def _text(result) -> str:
     return " ".join(result.output.split())  # rich wraps long lines at the terminal width
 
 
-def test_eval_is_built_not_planned():
-    assert "eval" not in PLANNED
+def test_eval_is_built():
     result = runner.invoke(cli.app, ["eval", "--help"])
     assert result.exit_code == 0
     assert all(name in _text(result) for name in ("reid", "attributes", "parsing", "recompute"))

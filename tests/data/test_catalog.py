@@ -42,3 +42,17 @@ def test_another_folder_is_refused(scanned, tmp_path, noise_jpeg):
         (other / f"x{i}.jpg").write_bytes(noise_jpeg(seed=i))
     with pytest.raises(StoreError, match="none of the 4 scanned images"):
         check_store_source(manifest, open_source(other))
+
+
+def test_the_change_warning_names_only_what_changed(scanned, noise_jpeg, caplog):
+    folder, manifest = scanned
+    (folder / "9.jpg").write_bytes(noise_jpeg(seed=9))
+    with caplog.at_level("WARNING", logger="dpal_cache.data.catalog"):
+        Catalog(open_source(folder), manifest)
+    assert "1 new file(s) are left out" in caplog.text and "gone" not in caplog.text
+    caplog.clear()
+    (folder / "9.jpg").unlink()
+    (folder / "3.jpg").unlink()
+    with caplog.at_level("WARNING", logger="dpal_cache.data.catalog"):
+        Catalog(open_source(folder), manifest)
+    assert "1 scanned file(s) are gone" in caplog.text and "new" not in caplog.text
