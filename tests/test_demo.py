@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from dpal_cache.demo import DEMO_ENTRIES, STAGES, DemoConfig, run_demo
-from dpal_cache.demo_teacher import DemoTeacherConfig
+from dpal_cache.demo.teacher import DemoTeacherConfig
 from dpal_cache.outputs import OutputRefused, matches
 
 TINY = DemoConfig(ids=6, images_per_id=4, crowd_backgrounds=2, distractors=2,

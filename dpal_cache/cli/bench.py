@@ -11,13 +11,17 @@ import json
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.table import Table
 
 from dpal_cache.cli import app
 from dpal_cache.cli.common import console, fail, parse_size, setup_logging
+
+if TYPE_CHECKING:  # the CLI imports the suite when a command runs
+    from dpal_cache.bench.common import BenchSettings
+    from dpal_cache.views.config import ViewsConfig
 
 
 def _ints(text: str, what: str) -> tuple[int, ...]:
@@ -127,6 +131,69 @@ def _tables(result: dict[str, Any]) -> list[Table]:
     return tables
 
 
+def _sections(only: str | None) -> tuple[str, ...]:
+    """``--only`` -> the benchmarks to run (all by default); an unknown name exits with code 2."""
+    from dpal_cache.bench.common import SECTIONS
+
+    sections = tuple(s.strip() for s in only.split(",") if s.strip()) if only else SECTIONS
+    bad = [s for s in sections if s not in SECTIONS]
+    if bad:
+        raise fail(f"--only: unknown benchmark(s) {', '.join(bad)}; known: {', '.join(SECTIONS)}")
+    return sections
+
+
+def _views(sizes: dict[str, tuple[int, int] | None]) -> ViewsConfig:
+    """The default views with the sizes given (view kind -> HxW; None keeps the default); ValueError if invalid."""
+    import dataclasses
+
+    from dpal_cache.views.config import ViewsConfig
+
+    views = ViewsConfig()
+    for key, size in sizes.items():
+        if size is not None:
+            views = dataclasses.replace(views, **{key: dataclasses.replace(getattr(views, key), size=size)})
+    return views
+
+
+def _check_places(device: str, workdir: Path | None, out: Path) -> None:
+    """Refuse, before any benchmark runs, a device that is not here, a --workdir holding anything but an earlier
+    bench's, and a folder as --out (ValueError / RuntimeError)."""
+    from dpal_cache.bench.common import check_workdir
+    from dpal_cache.devices import resolve_device
+
+    resolve_device(device)
+    if workdir is not None:
+        check_workdir(workdir)  # OutputRefused is a ValueError
+    if out.is_dir():
+        raise ValueError(f"--out {out} is a folder: name the JSON file to write")
+
+
+def _run(settings: BenchSettings, sections: tuple[str, ...], workdir: Path | None, out: Path) -> dict[str, Any]:
+    """The suite in ``workdir`` (default: a temporary folder, removed at the end), its result written to ``out``
+    after every benchmark: a long run keeps what it measured."""
+    from dpal_cache.bench.suite import run_suite
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(result: dict[str, Any]) -> None:
+        tmp_out = out.with_name(out.name + ".partial")
+        tmp_out.write_text(json.dumps(result, indent=2, allow_nan=False) + "\n")
+        tmp_out.replace(out)
+
+    tmp = None
+    if workdir is None:
+        tmp = Path(tempfile.mkdtemp(prefix="dpal_bench_"))
+    try:
+        with console.status("benchmarks") as status:
+            result = run_suite(settings, workdir or tmp, sections,
+                               on_section=lambda name: status.update(f"benchmark: {name}"), on_result=write)
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+    write(result)
+    return result
+
+
 @app.command("bench")
 def bench_command(
     out: Path = typer.Option(Path("bench.json"), "--out", help="JSON file the results are written to."),
@@ -171,61 +238,28 @@ def bench_command(
     Ratios are measured within one run (shared machines are noisy); absolute times only mean
     something on a quiet machine. The targets of docs/benchmarks.md are judged at the end.
     """
-    import dataclasses
-
-    from dpal_cache.bench.common import SECTIONS, BenchSettings
-    from dpal_cache.bench.suite import run_suite
-    from dpal_cache.views.config import ViewsConfig
+    from dpal_cache.bench.common import BenchSettings
 
     setup_logging(verbose)
-    sections = tuple(s.strip() for s in only.split(",") if s.strip()) if only else SECTIONS
-    bad = [s for s in sections if s not in SECTIONS]
-    if bad:
-        raise fail(f"--only: unknown benchmark(s) {', '.join(bad)}; known: {', '.join(SECTIONS)}")
+    sections = _sections(only)
     sizes = {"global_view": parse_size(view_size, "--view-size"), "crowd": parse_size(crowd_size, "--crowd-size"),
              "local_crops": parse_size(local_size, "--local-size")}
+    counts = {"loader_workers": _ints(loader_workers, "--loader-workers"),  # exit 2 with its own message
+              "scaling_sizes": _ints(scaling_sizes, "--scaling-sizes")}
     try:
-        views = ViewsConfig()
-        for key, size in sizes.items():
-            if size is not None:
-                views = dataclasses.replace(views, **{key: dataclasses.replace(getattr(views, key), size=size)})
+        views = _views(sizes)
         settings = BenchSettings(
             device=device, teacher=teacher, student=student, batch_size=batch_size, images=images, repeats=repeats,
             steps=steps, warmup_steps=warmup_steps, train_workers=workers, extract_workers=extract_workers,
-            calibration_images=calibration_images, loader_workers=_ints(loader_workers, "--loader-workers"),
-            loader_batches=loader_batches, scaling_sizes=_ints(scaling_sizes, "--scaling-sizes"),
+            calibration_images=calibration_images, loader_batches=loader_batches, **counts,
             scaling_teacher=scaling_teacher, scaling_shard_images=scaling_shard_images,
             scaling_workers=scaling_workers, isolate=not no_isolate,
             views=views,
         )
-        from dpal_cache.bench.common import check_workdir
-        from dpal_cache.devices import resolve_device
-
-        resolve_device(device)
-        if workdir is not None:
-            check_workdir(workdir)  # OutputRefused is a ValueError
-        if out.is_dir():
-            raise ValueError(f"--out {out} is a folder: name the JSON file to write")
+        _check_places(device, workdir, out)
     except (ValueError, RuntimeError) as exc:
         raise fail(str(exc)) from None
-    out.parent.mkdir(parents=True, exist_ok=True)
-
-    def write(result: dict[str, Any]) -> None:  # after every benchmark: a long run keeps what it measured
-        tmp_out = out.with_name(out.name + ".partial")
-        tmp_out.write_text(json.dumps(result, indent=2, allow_nan=False) + "\n")
-        tmp_out.replace(out)
-
-    tmp = None
-    if workdir is None:
-        tmp = Path(tempfile.mkdtemp(prefix="dpal_bench_"))
-    try:
-        with console.status("benchmarks") as status:
-            result = run_suite(settings, workdir or tmp, sections,
-                               on_section=lambda name: status.update(f"benchmark: {name}"), on_result=write)
-    finally:
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
-    write(result)
+    result = _run(settings, sections, workdir, out)
     for table in _tables(result):
         console.print(table)
     console.print(f"results: {out}")

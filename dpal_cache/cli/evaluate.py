@@ -88,15 +88,21 @@ def _model_label(result: dict[str, Any]) -> str:
     return model["label"] if model.get("trained", True) else f"[bold yellow]{model['label']}[/]"
 
 
-def _print_result(result: dict[str, Any]) -> None:
-    table = Table(title=f"eval {result['probe']}: {_model_label(result)}")
+def _metrics_table(title: str, metrics: dict[str, float | None], counts: dict[str, int]) -> Table:
+    """One row per metric (percent), then the counts, dimmed."""
+    table = Table(title=title)
     table.add_column("metric")
     table.add_column("%", justify="right")
-    for key, value in result["metrics"].items():
+    for key, value in metrics.items():
         table.add_row(METRIC_NAMES.get(key, key), _pct(value))
-    for key in COUNTS[result["probe"]]:
-        table.add_row(f"[dim]{key}[/]", f"[dim]{result[key]:,}[/]")
-    console.print(table)
+    for key, count in counts.items():
+        table.add_row(f"[dim]{key}[/]", f"[dim]{count:,}[/]")
+    return table
+
+
+def _print_result(result: dict[str, Any]) -> None:
+    console.print(_metrics_table(f"eval {result['probe']}: {_model_label(result)}", result["metrics"],
+                                 {key: result[key] for key in COUNTS[result["probe"]]}))
 
 
 def _print_report(report: dict[str, Any]) -> None:
@@ -125,6 +131,13 @@ def _finish(out: dict[str, Any], json_out: Path | None) -> None:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(out, indent=2) + "\n")
         console.print(f"[green]wrote[/] {json_out}")
+
+
+def _probe(single, pair, json_out: Path | None, *model_options) -> None:
+    """A probe end to end: the models (``_models(*model_options)``), ``single`` or ``pair`` under a progress bar
+    (``_run``), then the table and the JSON (``_finish``)."""
+    student, teacher_fx = _models(*model_options)
+    _finish(_run(student, teacher_fx, single, pair), json_out)
 
 
 # options every probe shares
@@ -194,13 +207,8 @@ def recompute_command(
         scores = metrics_from_features(features)
     except (FileNotFoundError, ValueError, KeyError) as exc:
         raise fail(str(exc)) from None
-    table = Table(title=f"reid metrics recomputed from {features}")
-    table.add_column("metric")
-    table.add_column("%", justify="right")
-    for key, value in scores["metrics"].items():
-        table.add_row(METRIC_NAMES.get(key, key), _pct(value))
-    table.add_row("[dim]n_valid[/]", f"[dim]{scores['n_valid']:,}[/]")
-    console.print(table)
+    console.print(_metrics_table(f"reid metrics recomputed from {features}", scores["metrics"],
+                                 {"n_valid": scores["n_valid"]}))
     if json_out is not None:
         json_out.write_text(json.dumps(scores, indent=2) + "\n")
 
@@ -230,12 +238,10 @@ def attributes_command(
     from dpal_cache.eval.compare import compare_attributes
 
     labels = labels or data / "attributes.parquet"
-    student, teacher_fx = _models(model, teacher, checkpoint, pos_embed, img_size, teacher_size, seed, batch_size,
-                                  device)
     kwargs = {"l2": l2, "max_iter": max_iter}
-    out = _run(student, teacher_fx, lambda s, p: run_attributes(s, data, labels, progress=p, **kwargs)[0],
-               lambda s, t, p: compare_attributes(s, t, data, labels, progress=p, **kwargs))
-    _finish(out, json_out)
+    _probe(lambda s, p: run_attributes(s, data, labels, progress=p, **kwargs)[0],
+           lambda s, t, p: compare_attributes(s, t, data, labels, progress=p, **kwargs), json_out,
+           model, teacher, checkpoint, pos_embed, img_size, teacher_size, seed, batch_size, device)
 
 
 @eval_app.command("parsing")
@@ -269,11 +275,9 @@ def parsing_command(
     from dpal_cache.eval.parsing import TEST_FOLDERS, TRAIN_FOLDERS, run_parsing
 
     masks = masks or data / "masks"
-    student, teacher_fx = _models(model, teacher, checkpoint, pos_embed, img_size, teacher_size, seed, batch_size,
-                                  device)
     kwargs = {"num_classes": num_classes, "train_folders": tuple(train_folder or TRAIN_FOLDERS),
               "test_folders": tuple(test_folder or TEST_FOLDERS), "pixels_per_image": pixels_per_image,
               "seed": seed, "l2": l2, "max_iter": max_iter}
-    out = _run(student, teacher_fx, lambda s, p: run_parsing(s, data, masks, progress=p, **kwargs)[0],
-               lambda s, t, p: compare_parsing(s, t, data, masks, progress=p, **kwargs))
-    _finish(out, json_out)
+    _probe(lambda s, p: run_parsing(s, data, masks, progress=p, **kwargs)[0],
+           lambda s, t, p: compare_parsing(s, t, data, masks, progress=p, **kwargs), json_out,
+           model, teacher, checkpoint, pos_embed, img_size, teacher_size, seed, batch_size, device)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.table import Table
@@ -28,6 +29,10 @@ from dpal_cache.data.manifest import ScanConfig, read_manifest, scan
 from dpal_cache.data.sources import SourceError, data_folder, open_source
 from dpal_cache.extract.config import ExtractConfig
 from dpal_cache.views.config import ViewsConfig
+
+if TYPE_CHECKING:  # both import torch: the CLI imports them when a command runs
+    from dpal_cache.extract.estimate import ExtractEstimate
+    from dpal_cache.extract.run import ExtractSummary
 
 
 def _default_manifest(out: str) -> Path | None:
@@ -70,6 +75,67 @@ def _extract_on_cluster(scheduler: str | None, dask_workers: int | None, **kwarg
             return extract_distributed(client=client, **kwargs)
     except (SourceError, CheckpointError, FileNotFoundError) as exc:  # raised on a worker setting up the run
         raise fail(f"a dask worker could not set up the run: {exc}") from None
+
+
+def _open_inputs(cfg: ExtractConfig, data: Path, root: Path | None, manifest: Path | None, out: str, load: bool):
+    """(source, manifest table, teacher or None without ``load``) after the checks that come before anything is
+    written (the default manifest lands beside OUT); every refusal exits with code 2."""
+    from dpal_cache.extract.run import check_store_apart
+    from dpal_cache.store.io import StoreError, check_store_location
+    from dpal_cache.teachers import CheckpointError, load_teacher
+
+    try:
+        check_store_apart(out, data_folder(data))
+        check_store_location(out)
+        source, table = manifest_for(data, root, manifest, out)
+        model = load_teacher(cfg.teacher, cfg.checkpoint, pos_embed=cfg.pos_embed, seed=cfg.teacher_seed) if load \
+            else None
+    except (SourceError, StoreError, CheckpointError, FileNotFoundError, ValueError) as exc:
+        raise fail(str(exc)) from None
+    return source, table, model
+
+
+def _with_progress(total: int, run):
+    """``run(progress)`` under the extract progress bar (images/s); store and source errors exit with code 2."""
+    from dpal_cache.store.io import StoreError
+
+    with progress_bar() as bar:
+        task = bar.add_task("extract", total=total, rate="")
+
+        def advance(n: int, failed: int) -> None:
+            t = bar.tasks[task]
+            done = t.completed + n
+            bar.update(task, advance=n, rate=f"{done / t.elapsed:,.1f} img/s" if t.elapsed else "")
+
+        try:
+            return run(advance)
+        except (StoreError, SourceError) as exc:
+            raise fail(str(exc)) from None
+
+
+def _estimate_table(out: str, estimate: ExtractEstimate) -> Table:
+    """The ``--dry-run`` report of an ``ExtractEstimate``."""
+    t = Table(title=f"dry run: {out}", show_header=False)
+    layout, per = estimate.layout, estimate.bytes_per_image
+    t.add_row("teacher", f"{estimate.teacher} ({estimate.embed_dim} dims)")
+    t.add_row("images", f"{estimate.images:,} in {layout.n_shards} blocks of {layout.shard_images}")
+    t.add_row("rows", f"{layout.views_per_image} views + {layout.crowds_per_image} crowds per image")
+    t.add_row("size (uncompressed)", f"{per / 2**10:,.1f} KiB/image, {estimate.total_bytes / 2**30:,.2f} GiB")
+    t.add_row("time (teacher only)", f"{estimate.seconds_per_image * 1000:,.1f} ms/image on {estimate.device} at "
+              f"batch {estimate.batch_size}: {estimate.hours:,.2f} h for all images (decode/render/write overlap it)")
+    return t
+
+
+def _summary_table(out: str, summary: ExtractSummary) -> Table:
+    """What an extract run did: blocks, images (not cached ones by reason) and time."""
+    t = Table(title=f"extract: {out}", show_header=False)
+    t.add_row("blocks", f"{summary.blocks_written} written now, {summary.blocks_done_before} before, "
+              f"{summary.blocks_total} in all")
+    t.add_row("images", f"{summary.images:,} ({summary.ok:,} cached, {summary.failed:,} not cached)")
+    for reason, count in summary.failures_by_reason.items():
+        t.add_row(f"  not cached: {reason}", f"{count:,}")
+    t.add_row("time", f"{summary.seconds:.1f} s")
+    return t
 
 
 @app.command("extract")
@@ -132,61 +198,22 @@ def extract_command(
     )
     if not cfg.teacher:
         raise fail(f"pass --teacher: {TEACHERS_HELP}")
-    from dpal_cache.extract.run import check_store_apart, extract, make_layout
-    from dpal_cache.store.io import StoreError, check_store_location
-    from dpal_cache.teachers import CheckpointError, load_teacher
-
-    try:
-        # before anything is written (the default manifest lands beside OUT)
-        check_store_apart(out, data_folder(data))
-        check_store_location(out)
-        source, table = manifest_for(data, root, manifest, out)
-        # on a cluster the workers load the teacher; the weights need not be readable here
-        model = None if distributed and not dry_run else load_teacher(
-            cfg.teacher, cfg.checkpoint, pos_embed=cfg.pos_embed, seed=cfg.teacher_seed)
-    except (SourceError, StoreError, CheckpointError, FileNotFoundError, ValueError) as exc:
-        raise fail(str(exc)) from None
+    # on a cluster the workers load the teacher; the weights need not be readable here
+    source, table, model = _open_inputs(cfg, data, root, manifest, out, load=dry_run or not distributed)
     if dry_run:
-        layout = make_layout(cfg, len(source), model)
-        table_ = Table(title=f"dry run: {out}", show_header=False)
-        table_.add_row("teacher", f"{cfg.teacher} ({model.embed_dim} dims)")
-        table_.add_row("images", f"{len(source):,} in {layout.n_shards} blocks of {layout.shard_images}")
-        table_.add_row("rows", f"{layout.views_per_image} views + {layout.crowds_per_image} crowds per image")
-        per = layout.bytes_per_image()
-        table_.add_row("size (uncompressed)", f"{per / 2**10:,.1f} KiB/image, {per * len(source) / 2**30:,.2f} GiB")
-        from dpal_cache.devices import resolve_device
-        from dpal_cache.extract.estimate import teacher_seconds_per_image
+        from dpal_cache.extract.estimate import estimate_extract
 
-        device = resolve_device(cfg.device)
         with console.status("timing the teacher on random batches"):
-            per_image = teacher_seconds_per_image(model, cfg, device)
-        hours = per_image * len(source) / 3600
-        table_.add_row("time (teacher only)", f"{per_image * 1000:,.1f} ms/image on {device} at batch "
-                       f"{cfg.batch_size}: {hours:,.2f} h for all images (decode/render/write overlap it)")
-        console.print(table_)
+            estimate = estimate_extract(cfg, len(source), model)
+        console.print(_estimate_table(out, estimate))
         return
-    with progress_bar() as bar:
-        task = bar.add_task("extract", total=len(source), rate="")
+    from dpal_cache.extract.run import extract
 
-        def advance(n: int, failed: int) -> None:
-            t = bar.tasks[task]
-            done = t.completed + n
-            bar.update(task, advance=n, rate=f"{done / t.elapsed:,.1f} img/s" if t.elapsed else "")
-
-        try:
-            if distributed:
-                summary = _extract_on_cluster(scheduler, dask_workers, cfg=cfg, data=data, root=root,
-                                              manifest_path=manifest or _default_manifest(out), out=out,
-                                              overwrite=overwrite, progress=advance)
-            else:
-                summary = extract(cfg, source, table, out, teacher=model, overwrite=overwrite, progress=advance)
-        except (StoreError, SourceError) as exc:
-            raise fail(str(exc)) from None
-    t = Table(title=f"extract: {out}", show_header=False)
-    t.add_row("blocks", f"{summary.blocks_written} written now, {summary.blocks_done_before} before, "
-              f"{summary.blocks_total} in all")
-    t.add_row("images", f"{summary.images:,} ({summary.ok:,} cached, {summary.failed:,} not cached)")
-    for reason, count in summary.failures_by_reason.items():
-        t.add_row(f"  not cached: {reason}", f"{count:,}")
-    t.add_row("time", f"{summary.seconds:.1f} s")
-    console.print(t)
+    if distributed:
+        summary = _with_progress(len(source), lambda progress: _extract_on_cluster(
+            scheduler, dask_workers, cfg=cfg, data=data, root=root, manifest_path=manifest or _default_manifest(out),
+            out=out, overwrite=overwrite, progress=progress))
+    else:
+        summary = _with_progress(len(source), lambda progress: extract(
+            cfg, source, table, out, teacher=model, overwrite=overwrite, progress=progress))
+    console.print(_summary_table(out, summary))

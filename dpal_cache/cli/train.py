@@ -33,7 +33,9 @@ from dpal_cache.cli.common import (
     setup_logging,
 )
 from dpal_cache.train.config import TrainConfig
+from dpal_cache.train.decoders import DECODERS_HELP
 from dpal_cache.train.losses import LOSS_KEYS
+from dpal_cache.train.student_names import STUDENTS_HELP
 
 
 def _user_errors() -> tuple[type[Exception], ...]:
@@ -98,9 +100,8 @@ def train_command(
     manifest: Path | None = typer.Option(None, "--manifest", help="Online mode: manifest from `dpal-cache scan` "
                                          "(default: OUT.manifest.parquet, scanned now if missing)."),
     root: Path | None = typer.Option(None, "--root", help="Folder list-file paths are relative to."),
-    student: str | None = typer.Option(None, "--student", help="vit_tiny_patch16 (default), vit_small_patch16, "
-                                       "swin_tiny, swin_small, or a timm ViT / Swin name."),
-    decoder: str | None = typer.Option(None, "--decoder", help="Pattern decoder: dpade (default), linear, mae, moe."),
+    student: str | None = typer.Option(None, "--student", help=f"{STUDENTS_HELP}, or a timm ViT / Swin name."),
+    decoder: str | None = typer.Option(None, "--decoder", help=f"Pattern decoder: {DECODERS_HELP}."),
     epochs: int | None = typer.Option(None, "--epochs", help="Epochs the run trains, and the warmup + cosine "
                                       "learning-rate schedule spans (default 100)."),
     max_steps: int | None = typer.Option(None, "--max-steps", help="Stop after this many optimizer steps (a "
@@ -116,6 +117,9 @@ def train_command(
     tensorboard: bool | None = typer.Option(None, "--tensorboard/--no-tensorboard", help="Also write TensorBoard "
                                             "scalars to OUT/tb (needs: pip install tensorboard)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out exactly where last.pt left it."),
+    fresh_views: bool = typer.Option(False, "--fresh-views", help="Online mode: new global views and crowd images "
+                                     "every epoch, each seen by the teacher (the paper's training), instead of "
+                                     "replaying the views a store would hold."),
     skip_changed: bool = typer.Option(False, "--skip-changed", help="Drop images whose bytes changed since the "
                                       "scan instead of failing."),
     background_dir: Path | None = typer.Option(None, "--background-dir", help="Where the crowd backgrounds are on "
@@ -145,11 +149,14 @@ def train_command(
                                        ("manifest", manifest)) if v is not None]
         if given:
             raise fail(f"{', '.join(given)} only apply to online mode (--teacher); a store carries its own")
+        if fresh_views:
+            raise fail("--fresh-views needs the teacher in the loop (--teacher instead of --store): a store holds "
+                       "only the views it was extracted with")
     cfg = resolve_config(
         TrainConfig, config, sets, epochs=epochs, max_steps=max_steps, batch_size=batch_size, workers=workers,
         device=device, ema_decay=ema, seed=seed, tensorboard=tensorboard, background_dir=background_dir,
         render=render_mode(render_device, device),
-        skip_changed=True if skip_changed else None,
+        skip_changed=True if skip_changed else None, fresh_views=True if fresh_views else None,
         **{"student.name": student, "decoder.kind": decoder, "optim.base_lr": lr},
     )
     from dpal_cache.devices import resolve_device

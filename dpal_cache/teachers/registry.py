@@ -34,7 +34,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from dpal_cache.config import check
 from dpal_cache.normalization import IMAGENET_MEAN, IMAGENET_STD
@@ -42,9 +42,11 @@ from dpal_cache.normalization import IMAGENET_MEAN, IMAGENET_STD
 log = logging.getLogger(__name__)
 
 
-Layout = Literal["timm", "path", "hap", "sapiens"]
-LAYOUTS: tuple[str, ...] = ("timm", "path", "hap", "sapiens")
+# the one spelling of each: the Literal types the fields, the tuples made from it check them
+Layout = Literal["timm", "path", "hap", "sapiens"]  # checkpoint key layouts, see convert.py
+LAYOUTS: tuple[str, ...] = get_args(Layout)
 PosEmbedKind = Literal["learned", "sincos"]
+POS_EMBED_KINDS: tuple[str, ...] = get_args(PosEmbedKind)
 
 
 @dataclass(frozen=True)
@@ -81,7 +83,7 @@ class TeacherSpec:
         check(0 <= self.patch_padding < self.patch_size, "patch_padding", "must be in [0, patch_size)")
         check(min(self.img_size) >= self.patch_size, "img_size", f"must be >= patch_size, got {self.img_size}")
         check(self.layout in LAYOUTS, "layout", f"must be one of {', '.join(LAYOUTS)}, got {self.layout!r}")
-        check(self.pos_embed in ("learned", "sincos"), "pos_embed", "must be 'learned' or 'sincos'")
+        check(self.pos_embed in POS_EMBED_KINDS, "pos_embed", f"must be {' or '.join(map(repr, POS_EMBED_KINDS))}")
         check(all(s > 0 for s in self.std), "std", f"must be positive, got {self.std}")
 
     @property

@@ -63,6 +63,8 @@ class TrainConfig:
     local_crops: LocalCropConfig | None = None  # student-only crops; null = the store's views config
     background_dir: Path | None = None  # crowd backgrounds on this machine; null = the path stored at extract
     skip_changed: bool = False  # drop images whose bytes changed since the scan instead of failing
+    fresh_views: bool = False  # online mode only: epoch e trains global view e and crowd e of every image (new
+    # augmentations each epoch, the paper's training) instead of replaying the V views a store would hold
     tensorboard: bool = False  # also write TensorBoard scalars (needs the tensorboard package)
 
     def __post_init__(self) -> None:

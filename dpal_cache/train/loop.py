@@ -29,11 +29,11 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from dpal_cache.config import differences, dump_yaml, to_dict
+from dpal_cache.config import dump_yaml, to_dict
 from dpal_cache.data.sources import ImageSource
 from dpal_cache.devices import resolve_device
 from dpal_cache.store.codecs import decode_targets
-from dpal_cache.train.checkpoint import load_checkpoint, load_weights, save_checkpoint
+from dpal_cache.train.checkpoint import save_checkpoint
 from dpal_cache.train.config import TrainConfig
 from dpal_cache.train.data import StoreDataset, make_loader
 from dpal_cache.train.decoders import build_decoder
@@ -42,6 +42,15 @@ from dpal_cache.train.errors import StoreMismatch
 from dpal_cache.train.inputs import DeviceRender
 from dpal_cache.train.losses import LOSS_KEYS
 from dpal_cache.train.model import DistillModel
+from dpal_cache.train.resume import (
+    RUNTIME_FIELDS,
+    Position,
+    check_resume_store,
+    check_resume_student,
+    load_resume_state,
+    restore,
+    truncate_metrics,
+)
 from dpal_cache.train.rundir import check_run_dir
 from dpal_cache.train.sampler import EpochSampler
 from dpal_cache.train.schedule import ema_decay_at, lr_at, scaled_lr
@@ -49,9 +58,7 @@ from dpal_cache.train.students import StudentConfig, build_student
 
 log = logging.getLogger(__name__)
 
-# may differ between a run and its resume: they decide how far, where and how the run goes, not its values
-RUNTIME_FIELDS = ("max_steps", "workers", "device", "render", "log_every", "checkpoint_every", "tensorboard",
-                  "background_dir", "skip_changed")
+__all__ = ["RUNTIME_FIELDS", "TrainSummary", "run_training", "train"]
 Progress = Callable[[dict[str, Any]], None]
 
 
@@ -90,6 +97,15 @@ def init_distributed(device_name: str) -> DistEnv:
     return env
 
 
+def rank_device(cfg: TrainConfig, env: DistEnv) -> torch.device:
+    """The device this process trains on: ``cfg.device``, a torchrun rank's own GPU under DDP."""
+    device = resolve_device(cfg.device)
+    if device.type == "cuda" and env.world > 1:
+        device = torch.device("cuda", env.local_rank)
+        torch.cuda.set_device(device)
+    return device
+
+
 # learned tokens and position tables (by the last part of a parameter's name): no weight decay, as norms and biases
 NO_DECAY_NAMES = ("pos_embed", "cls_token", "reg_token", "dist_token", "token", "query", "queries")
 
@@ -106,11 +122,6 @@ def param_groups(module: torch.nn.Module, weight_decay: float) -> list[dict[str,
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def config_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """``key: run has A, now B`` for every differing leaf of two config dicts, runtime fields left out."""
-    return differences(old, new, skip=RUNTIME_FIELDS, labels=("run has", "now"))
-
-
 def tensorboard_writer_class() -> type:
     """``SummaryWriter``, or an ImportError that says what to install (raised before any training)."""
     try:
@@ -119,63 +130,6 @@ def tensorboard_writer_class() -> type:
         raise ImportError("tensorboard=true needs the tensorboard package: pip install tensorboard "
                           "(or train with tensorboard=false; metrics.jsonl has the same numbers)") from None
     return SummaryWriter
-
-
-def truncate_metrics(path: Path, step: int) -> None:
-    """Drop the lines of ``metrics.jsonl`` after optimizer step ``step`` (and a torn last line): a
-    run killed after its last checkpoint logged steps that the resume will run and log again."""
-    if not path.exists():
-        return
-    keep = []
-    for line in path.read_text().splitlines():
-        try:
-            if json.loads(line)["step"] <= step:
-                keep.append(line + "\n")
-        except (ValueError, KeyError, TypeError):
-            continue
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text("".join(keep))
-    os.replace(tmp, path)
-
-
-def check_resume_world(state: dict[str, Any], world: int, cfg: TrainConfig, run_dir: Path) -> None:
-    """A run resumes only with the process count it trained with: each rank's share of an epoch, the
-    global batch and with them the epoch and the learning rate at a step all follow it."""
-    saved = state.get("world")
-    if saved is None or saved == world:  # checkpoints before the count was recorded: nothing to compare
-        return
-    launch = (f"under torchrun --nproc_per_node {saved} (pipelines/train_ddp.sh)" if saved > 1
-              else "as a single process (no torchrun)")
-    raise StoreMismatch(
-        f"{run_dir} trained with {saved} process(es) (global batch {saved * cfg.batch_size * cfg.optim.accum_steps}) "
-        f"but this resume runs {world}: the data order, epoch and learning rate at a step follow the process "
-        f"count. Resume {launch}, or start a new run (--out)"
-    )
-
-
-def check_resume_store(state: dict[str, Any], dataset: StoreDataset) -> None:
-    """A run resumes only on a store with the same teacher width (the decoder's output)."""
-    old, new = state["store"]["teacher"].get("embed_dim"), dataset.meta.teacher_dim
-    if old != new:
-        raise StoreMismatch(
-            f"the run's decoder emits {old}-dim tokens but this store's teacher has {new} dims: "
-            "resume on the store the run started with, or start a new run"
-        )
-
-
-def check_resume_student(state: dict[str, Any], student, run_dir: Path) -> None:
-    """A run resumes only with the backbone it trained: the same weight shapes can hold another architecture (an
-    older dpal-cache built ``vit_tiny_patch16`` with timm's 3 heads, the paper's has 6)."""
-    saved = state.get("student", {})
-    was = (saved.get("timm_name"), json.loads(json.dumps(saved.get("timm_kwargs", {}))),
-           dict(saved.get("set_attributes") or {}))
-    now = (student.timm_name, json.loads(json.dumps(student.timm_kwargs)), student.set_attributes)
-    if was != now:
-        raise StoreMismatch(
-            f"{run_dir} trained the student {was[0]} {was[1]} {was[2] or ''}, but this dpal-cache builds {now[0]} "
-            f"{now[1]} {now[2] or ''} from the same config: the weights would load into another architecture. "
-            "Export or evaluate the run as it is, and start a new run (--out) to train on"
-        )
 
 
 def build_model(cfg: TrainConfig, dataset: StoreDataset) -> DistillModel:
@@ -203,6 +157,48 @@ def model_summary(model: DistillModel, cfg: TrainConfig) -> dict[str, Any]:
     }
 
 
+def log_model(cfg: TrainConfig, model: DistillModel, sizes: dict[str, Any], dataset) -> None:
+    """The start-of-run lines: parameter counts, and the local loss's weights when the store zeroed background."""
+    log.info("student %s: %.2fM parameters; decoder %s: %.2fM parameters%s", cfg.student.name,
+             sizes["student"]["parameters"] / 1e6, cfg.decoder.kind, sizes["decoder"]["parameters"] / 1e6,
+             f" (student tokens projected to {sizes['decoder']['projected_to']})"
+             if sizes["decoder"]["projected_to"] else "")
+    if model.zeroed_background:
+        log.info("the store zeroed background patch tokens (mask_at_extract %g): the local loss gives them "
+                 "weight 0", dataset.meta.precision.mask_at_extract)
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """The run's length and learning-rate schedule, from the data, the batch and the process count."""
+
+    per_epoch: int  # batches per epoch on this rank
+    steps_per_epoch: int  # optimizer steps per epoch
+    total_steps: int  # the steps the schedule spans (cfg.epochs)
+    run_steps: int  # the steps this run goes to (--max-steps, at most total_steps)
+    peak_lr: float
+    warmup: int  # warmup steps
+
+
+def plan_schedule(cfg: TrainConfig, sampler_args: dict[str, Any], world: int) -> Schedule:
+    """``Schedule`` for ``cfg``; warns when the learning rate would never reach its peak."""
+    per_epoch = EpochSampler(**sampler_args).batches_per_epoch()
+    steps_per_epoch = max(1, per_epoch // cfg.optim.accum_steps)
+    total = cfg.epochs * steps_per_epoch
+    run_steps = min(total, cfg.max_steps) if cfg.max_steps is not None else total
+    warmup = int(round(cfg.optim.warmup_epochs * steps_per_epoch))
+    if warmup > total:
+        log.warning("the %g warmup epochs (%d steps) are longer than the %d epochs of the run (%d steps): the "
+                    "learning rate never reaches its peak; lower optim.warmup_epochs", cfg.optim.warmup_epochs,
+                    warmup, cfg.epochs, total)
+    elif run_steps < warmup:
+        log.warning("--max-steps %d ends the run inside the %d warmup steps (the schedule spans %d epochs, %d "
+                    "steps): the learning rate never reaches its peak; set --epochs for a short complete run",
+                    run_steps, warmup, cfg.epochs, total)
+    peak = scaled_lr(cfg.optim.base_lr, cfg.batch_size * world * cfg.optim.accum_steps)
+    return Schedule(per_epoch, steps_per_epoch, total, run_steps, peak, warmup)
+
+
 def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     valid = batch["valid"]
     keep = None if bool(valid.all()) else valid
@@ -216,6 +212,31 @@ def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     return out
 
 
+class RunLog:
+    """Rank 0's metric lines: ``metrics.jsonl`` (one line per logged step) and, with ``tensorboard``, the same
+    numbers as TensorBoard scalars in ``RUN_DIR/tb``. Other ranks get a log that writes nothing."""
+
+    def __init__(self, run_dir: Path, step: int, main: bool, writer_class: type | None):
+        self.metrics = open(run_dir / "metrics.jsonl", "a") if main else None
+        self.writer = writer_class(log_dir=str(run_dir / "tb"), purge_step=step) if writer_class and main else None
+
+    def write(self, record: dict[str, Any]) -> None:
+        if self.metrics is not None:
+            self.metrics.write(json.dumps(record) + "\n")
+            self.metrics.flush()
+        if self.writer is not None:
+            for key, value in record.items():
+                if key != "step":
+                    self.writer.add_scalar(f"loss/{key}" if key in LOSS_KEYS else f"train/{key}", value,
+                                           record["step"])
+
+    def close(self) -> None:
+        if self.metrics is not None:
+            self.metrics.close()
+        if self.writer is not None:
+            self.writer.close()
+
+
 def train(
     cfg: TrainConfig,
     store: str,
@@ -226,6 +247,9 @@ def train(
     storage_options: dict | None = None,
 ) -> TrainSummary:
     """Train from the store at ``store``; see the module docstring."""
+    if cfg.fresh_views:
+        raise StoreMismatch("fresh_views needs the teacher in the loop (online mode: --teacher instead of --store): "
+                            "a store holds only the views it was extracted with")
     check_run_dir(Path(run_dir), resume)  # before the store is opened: a refused run costs nothing
     dataset = StoreDataset(store, source, relation=cfg.loss.relation, local_crop_cfg=cfg.local_crops,
                            skip_changed=cfg.skip_changed,
@@ -254,196 +278,180 @@ def run_training(
 ) -> TrainSummary:
     """The loop, for any dataset that serves StoreDataset's batches (``views``, ``layout``,
     ``token_stats``, ``token_scales``, ``meta``, ``seed``, ``groups``, ``render``); ``prepare`` completes a batch on the
-    device (online mode
-    computes the teacher targets there). ``progress`` gets each step's record plus ``total_steps``;
-    ``configs`` (file name -> config dataclass) are saved into the run's folder next to its own. Callers check the
-    folder first (``check_run_dir``)."""
+    device (online mode computes the teacher targets there). ``progress`` gets each step's record plus
+    ``total_steps``; ``configs`` (file name -> config dataclass) are saved into the run's folder next to its own.
+    Callers check the folder first (``check_run_dir``)."""
     writer_class = tensorboard_writer_class() if cfg.tensorboard else None  # every rank: fail before joining
     env = init_distributed(cfg.device)
-    device = resolve_device(cfg.device)
-    if device.type == "cuda" and env.world > 1:
-        device = torch.device("cuda", env.local_rank)
-        torch.cuda.set_device(device)
+    device = rank_device(cfg, env)
     run_dir = Path(run_dir)
-    last_path = run_dir / "last.pt"
-    state = load_checkpoint(last_path) if resume else None
-    diffs = config_differences(state["config"], to_dict(cfg)) if state is not None else []
-    if diffs:
-        raise StoreMismatch(f"--resume with a different config than the run's ({run_dir}/config.yaml):\n  "
-                            + "\n  ".join(diffs) + "\nresume with the run's config, or start a new run (--out)")
-
+    state = load_resume_state(cfg, run_dir, env.world) if resume else None
     if state is not None:
-        check_resume_world(state, env.world, cfg, run_dir)
-        check_resume_store(state, dataset)
+        check_resume_store(state, dataset.meta.teacher_dim)
     torch.manual_seed(cfg.seed)  # same initial weights on every rank
     model = build_model(cfg, dataset).to(device)
     if state is not None:
         check_resume_student(state, model.student, run_dir)
     sizes = model_summary(model, cfg)
     if env.main:
-        log.info("student %s: %.2fM parameters; decoder %s: %.2fM parameters%s", cfg.student.name,
-                 sizes["student"]["parameters"] / 1e6, cfg.decoder.kind, sizes["decoder"]["parameters"] / 1e6,
-                 f" (student tokens projected to {sizes['decoder']['projected_to']})"
-                 if sizes["decoder"]["projected_to"] else "")
-        if model.zeroed_background:
-            log.info("the store zeroed background patch tokens (mask_at_extract %g): the local loss gives them "
-                     "weight 0", dataset.meta.precision.mask_at_extract)
-    ema = EMA(model.student, cfg.ema_decay) if cfg.ema_decay else None
-    # every parameter gets a gradient each step (every decoder kind and loss weight, checked in
-    # tests/train/test_ddp.py), so DDP need not search the graph for unused ones
-    ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
-                                  find_unused_parameters=False) if env.world > 1 else None
+        log_model(cfg, model, sizes, dataset)
     sampler_args = dict(groups=dataset.groups, batch_size=cfg.batch_size, end_epoch=cfg.epochs, seed=cfg.seed,
                         window=cfg.shuffle_window, rank=env.rank, world=env.world)
-    per_epoch = EpochSampler(**sampler_args).batches_per_epoch()
-    steps_per_epoch = max(1, per_epoch // cfg.optim.accum_steps)
-    total_steps = cfg.epochs * steps_per_epoch
-    total_steps_run = min(total_steps, cfg.max_steps) if cfg.max_steps is not None else total_steps
-    peak = scaled_lr(cfg.optim.base_lr, cfg.batch_size * env.world * cfg.optim.accum_steps)
-    warmup = int(round(cfg.optim.warmup_epochs * steps_per_epoch))
-    if warmup > total_steps:
-        log.warning("the %g warmup epochs (%d steps) are longer than the %d epochs of the run (%d steps): the "
-                    "learning rate never reaches its peak; lower optim.warmup_epochs", cfg.optim.warmup_epochs,
-                    warmup, cfg.epochs, total_steps)
-    elif total_steps_run < warmup:
-        log.warning("--max-steps %d ends the run inside the %d warmup steps (the schedule spans %d epochs, %d "
-                    "steps): the learning rate never reaches its peak; set --epochs for a short complete run",
-                    total_steps_run, warmup, cfg.epochs, total_steps)
-    optimizer = torch.optim.AdamW(param_groups(model, cfg.optim.weight_decay), lr=peak, betas=cfg.optim.betas)
-
-    step, epoch, batch_in_epoch = 0, 0, 0
+    schedule = plan_schedule(cfg, sampler_args, env.world)
+    loop = TrainLoop(cfg, model, env, device, schedule, dataset, run_dir, store_ref)
     if state is not None:
-        load_weights(model, state["model"], last_path)
-        try:
-            optimizer.load_state_dict(state["optimizer"])
-        except ValueError as exc:  # parameter groups of another dpal-cache version
-            raise StoreMismatch(f"{last_path}: its optimizer state does not fit this dpal-cache's parameter groups "
-                                f"({exc}); start a new run (--out)") from None
-        if ema is not None:
-            ema.load_state_dict(state["ema"])
-        step, epoch, batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
-        torch.set_rng_state(state["rng_cpu"])
-        if device.type == "cuda" and state.get("rng_cuda") is not None:
-            torch.cuda.set_rng_state(state["rng_cuda"], device)
-        log.info("resumed %s at step %d (epoch %d, batch %d)", run_dir, step, epoch, batch_in_epoch)
+        loop.at = restore(state, model, loop.optimizer, loop.ema, device, run_dir / "last.pt")
+        log.info("resumed %s at step %d (epoch %d, batch %d)", run_dir, *loop.at.__dict__.values())
     if env.main:  # every check passed: only now does the run's folder appear
-        run_dir.mkdir(parents=True, exist_ok=True)
-        dump_yaml(cfg, run_dir / "config.yaml")
-        (run_dir / "model.json").write_text(json.dumps(sizes, indent=2) + "\n")
-        for name, other in (configs or {}).items():
-            dump_yaml(other, run_dir / name)
-        # a resume drops the lines logged after its checkpoint; a new run those of one that died before any
-        truncate_metrics(run_dir / "metrics.jsonl", step)
-
+        write_run_files(run_dir, cfg, sizes, configs or {}, loop.at.step)
     if dataset.render == "device":  # the workers gathered sources and parameters: render here first
         prepare = DeviceRender(dataset.views, dataset.local_crop_cfg, device, then=prepare)
         log.info("rendering inputs on %s (batched)", device)
-    sampler = EpochSampler(**sampler_args, start_epoch=epoch, start_batch=batch_in_epoch)
-    token_scales = torch.as_tensor(dataset.token_scales, device=device)
+    sampler = EpochSampler(**sampler_args, start_epoch=loop.at.epoch, start_batch=loop.at.batch_in_epoch)
     loader = make_loader(dataset, sampler, cfg.workers, pin_memory=device.type == "cuda")
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if cfg.amp and device.type == "cuda"
-                else contextlib.nullcontext())
-    forward = ddp if ddp is not None else model
-    metrics = open(run_dir / "metrics.jsonl", "a") if env.main else None
-    writer = writer_class(log_dir=str(run_dir / "tb"), purge_step=step) if writer_class and env.main else None
-    summary = TrainSummary(run_dir=run_dir)
-    start, start_step = time.perf_counter(), step
-    wait = compute = 0.0
-    samples = 0
-    accum = {k: 0.0 for k in LOSS_KEYS}
-    micro = 0
-    t_fetch = time.perf_counter()
+    summary = loop.run(loader, prepare, RunLog(run_dir, loop.at.step, env.main, writer_class), progress)
+    summary.parameters = {part: sizes[part]["parameters"] for part in ("student", "decoder")}
+    log.info("trained %d steps (to step %d) in %.1fs; last loss %.4f", summary.steps, summary.step, summary.seconds,
+             summary.last.get("loss", float("nan")))
+    return summary
 
-    def checkpoint() -> None:
-        if not env.main:
+
+def write_run_files(run_dir: Path, cfg: TrainConfig, sizes: dict[str, Any], configs: dict[str, Any],
+                    step: int) -> None:
+    """Create the run's folder with ``config.yaml``, ``model.json`` and ``configs``; drop metric lines after
+    ``step`` (a resume logs them again; a new run those of one that died before any checkpoint)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    dump_yaml(cfg, run_dir / "config.yaml")
+    (run_dir / "model.json").write_text(json.dumps(sizes, indent=2) + "\n")
+    for name, other in configs.items():
+        dump_yaml(other, run_dir / name)
+    truncate_metrics(run_dir / "metrics.jsonl", step)
+
+
+class TrainLoop:
+    """The optimizer, EMA and DDP wrapper of one run, and its steps: ``run`` feeds it batches, accumulates
+    ``accum_steps`` micro-batches per optimizer step, logs and checkpoints; ``at`` is where the run stands."""
+
+    def __init__(self, cfg: TrainConfig, model: DistillModel, env: DistEnv, device: torch.device,
+                 schedule: Schedule, dataset, run_dir: Path, store_ref: str):
+        self.cfg, self.model, self.env, self.device, self.schedule = cfg, model, env, device, schedule
+        self.dataset, self.run_dir, self.store_ref = dataset, run_dir, store_ref
+        self.ema = EMA(model.student, cfg.ema_decay) if cfg.ema_decay else None
+        # every parameter gets a gradient each step (every decoder kind and loss weight, checked in
+        # tests/train/test_ddp.py), so DDP need not search the graph for unused ones
+        ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                      find_unused_parameters=False) if env.world > 1 else None
+        self.forward = ddp if ddp is not None else model
+        self.optimizer = torch.optim.AdamW(param_groups(model, cfg.optim.weight_decay), lr=schedule.peak_lr,
+                                           betas=cfg.optim.betas)
+        self.autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if cfg.amp and device.type == "cuda"
+                         else contextlib.nullcontext())
+        self.token_scales = torch.as_tensor(dataset.token_scales, device=device)
+        self.at = Position()
+
+    def run(self, loader, prepare, run_log: RunLog, progress: Progress | None) -> TrainSummary:
+        """Train until the schedule's ``run_steps``; returns this call's summary (parameters left to the caller)."""
+        at = self.at
+        summary = TrainSummary(run_dir=self.run_dir)
+        start, start_step = time.perf_counter(), at.step
+        self.wait = self.compute = 0.0
+        self.samples = self.micro = 0
+        self.accum = {k: 0.0 for k in LOSS_KEYS}
+        t_fetch = time.perf_counter()
+        try:
+            for batch in loader:
+                if at.step >= self.schedule.run_steps:
+                    break
+                t_got = time.perf_counter()
+                self.wait += t_got - t_fetch
+                stepped = self.micro_step(batch, prepare)
+                t_fetch = time.perf_counter()
+                self.compute += t_fetch - t_got
+                if stepped:
+                    self.after_step(summary, run_log, progress)
+        finally:
+            run_log.close()
+        summary.steps, summary.step, summary.total_steps = at.step - start_step, at.step, self.schedule.total_steps
+        summary.epochs_done = at.epoch + at.batch_in_epoch / self.schedule.per_epoch
+        summary.seconds = time.perf_counter() - start
+        return summary
+
+    def micro_step(self, batch: dict[str, Any], prepare) -> bool:
+        """Forward and backward of one batch; an optimizer step when ``accum_steps`` batches are in (True)."""
+        cfg, at = self.cfg, self.at
+        batch_epoch = int(batch["epoch"][0])
+        batch = _to_device(batch, self.device)
+        if prepare is not None:
+            batch = prepare(batch)
+        batch = decode_targets(batch, self.token_scales)  # stored rows -> float32 targets, on the device
+        self.lr = lr_at(at.step, self.schedule.total_steps, self.schedule.warmup, self.schedule.peak_lr,
+                        cfg.optim.min_lr)
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr
+        with self.autocast:
+            out = self.forward(batch, batch_epoch)
+        (out["loss"] / cfg.optim.accum_steps).backward()
+        for k in LOSS_KEYS:
+            self.accum[k] += float(out[k].detach()) / cfg.optim.accum_steps
+        self.samples += int(batch["global_view"].shape[0])
+        self.micro += 1
+        if batch_epoch != at.epoch:
+            at.epoch, at.batch_in_epoch = batch_epoch, 0
+        at.batch_in_epoch += 1  # (epoch, batch_in_epoch) is where the data resumes
+        if self.micro % cfg.optim.accum_steps:
+            return False
+        if not all(math.isfinite(v) for v in self.accum.values()):
+            raise FloatingPointError(f"non-finite loss at step {at.step}: {self.accum}; lower the lr or check the "
+                                     "store")
+        if cfg.optim.clip_grad is not None:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.clip_grad)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            self.ema.update(self.model.student, ema_decay_at(at.step, self.schedule.total_steps, cfg.ema_decay,
+                                                             cfg.ema_schedule))
+        at.step += 1
+        return True
+
+    def after_step(self, summary: TrainSummary, run_log: RunLog, progress: Progress | None) -> None:
+        """The step's record: into the summary, the metric log every ``log_every`` steps, ``progress``; and the
+        checkpoint every ``checkpoint_every`` steps and at the end."""
+        cfg, at, run_steps = self.cfg, self.at, self.schedule.run_steps
+        record = {"step": at.step, "epoch": round(at.epoch + at.batch_in_epoch / self.schedule.per_epoch, 4),
+                  "lr": self.lr, **{k: round(v, 6) for k, v in self.accum.items()}}
+        if not summary.first:
+            summary.first = dict(record)
+        summary.last = dict(record)
+        if at.step % cfg.log_every == 0 or at.step == run_steps:
+            elapsed = max(self.wait + self.compute, 1e-9)
+            record.update(samples_per_s=round(self.samples * self.env.world / elapsed, 2),
+                          data_wait=round(self.wait / elapsed, 4))
+            run_log.write(record)
+            self.wait = self.compute = 0.0
+            self.samples = 0
+        if progress is not None and self.env.main:
+            progress({**record, "total_steps": run_steps})
+        self.accum = {k: 0.0 for k in LOSS_KEYS}
+        if at.step % cfg.checkpoint_every == 0 or at.step == run_steps:
+            self.checkpoint()
+
+    def checkpoint(self) -> None:
+        """``last.pt`` (rank 0): weights, optimizer, EMA, position, random state, student and store identity."""
+        if not self.env.main:
             return
-        save_checkpoint(last_path, {
-            "config": to_dict(cfg),
+        model, at, device = self.model, self.at, self.device
+        save_checkpoint(self.run_dir / "last.pt", {
+            "config": to_dict(self.cfg),
             "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "ema": ema.state_dict() if ema is not None else None,
-            "step": step,
-            "epoch": epoch,
-            "batch_in_epoch": batch_in_epoch,
-            "world": env.world,  # the data order and the schedule follow the process count
+            "optimizer": self.optimizer.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "step": at.step,
+            "epoch": at.epoch,
+            "batch_in_epoch": at.batch_in_epoch,
+            "world": self.env.world,  # the data order and the schedule follow the process count
             "rng_cpu": torch.get_rng_state(),
             "rng_cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
             "student": {"timm_name": model.student.timm_name, "timm_kwargs": model.student.timm_kwargs,
                         "set_attributes": model.student.set_attributes},
-            "store": {"url": store_ref, "teacher": dataset.meta.teacher, "views_seed": dataset.seed},
+            "store": {"url": self.store_ref, "teacher": self.dataset.meta.teacher, "views_seed": self.dataset.seed},
         })
-
-    try:
-        for batch in loader:
-            if step >= total_steps_run:
-                break
-            t_got = time.perf_counter()
-            wait += t_got - t_fetch
-            batch_epoch = int(batch["epoch"][0])
-            batch = _to_device(batch, device)
-            if prepare is not None:
-                batch = prepare(batch)
-            batch = decode_targets(batch, token_scales)  # stored rows -> float32 targets, on the device
-            lr = lr_at(step, total_steps, warmup, peak, cfg.optim.min_lr)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            with autocast:
-                out = forward(batch, batch_epoch)
-            (out["loss"] / cfg.optim.accum_steps).backward()
-            for k in LOSS_KEYS:
-                accum[k] += float(out[k].detach()) / cfg.optim.accum_steps
-            samples += int(batch["global_view"].shape[0])
-            micro += 1
-            if batch_epoch != epoch:
-                epoch, batch_in_epoch = batch_epoch, 0
-            batch_in_epoch += 1  # (epoch, batch_in_epoch) is where the data resumes
-            if micro % cfg.optim.accum_steps:
-                t_fetch = time.perf_counter()
-                compute += t_fetch - t_got
-                continue
-            if not all(math.isfinite(v) for v in accum.values()):
-                raise FloatingPointError(f"non-finite loss at step {step}: {accum}; lower the lr or check the store")
-            if cfg.optim.clip_grad is not None:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.clip_grad)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            if ema is not None:
-                ema.update(model.student, ema_decay_at(step, total_steps, cfg.ema_decay, cfg.ema_schedule))
-            step += 1
-            t_fetch = time.perf_counter()
-            compute += t_fetch - t_got
-            record = {"step": step, "epoch": round(epoch + batch_in_epoch / per_epoch, 4), "lr": lr,
-                      **{k: round(v, 6) for k, v in accum.items()}}
-            if not summary.first:
-                summary.first = dict(record)
-            summary.last = dict(record)
-            if step % cfg.log_every == 0 or step == total_steps_run:
-                elapsed = wait + compute
-                record.update(samples_per_s=round(samples * env.world / max(elapsed, 1e-9), 2),
-                              data_wait=round(wait / max(elapsed, 1e-9), 4))
-                if metrics is not None:
-                    metrics.write(json.dumps(record) + "\n")
-                    metrics.flush()
-                if writer is not None:
-                    for key, value in record.items():
-                        if key != "step":
-                            writer.add_scalar(f"loss/{key}" if key in LOSS_KEYS else f"train/{key}", value, step)
-                wait = compute = 0.0
-                samples = 0
-            if progress is not None and env.main:
-                progress({**record, "total_steps": total_steps_run})
-            accum = {k: 0.0 for k in LOSS_KEYS}
-            if step % cfg.checkpoint_every == 0 or step == total_steps_run:
-                checkpoint()
-    finally:
-        if metrics is not None:
-            metrics.close()
-        if writer is not None:
-            writer.close()
-    summary.steps, summary.step, summary.total_steps = step - start_step, step, total_steps
-    summary.parameters = {part: sizes[part]["parameters"] for part in ("student", "decoder")}
-    summary.epochs_done = epoch + batch_in_epoch / per_epoch
-    summary.seconds = time.perf_counter() - start
-    log.info("trained %d steps (to step %d) in %.1fs; last loss %.4f", summary.steps, step, summary.seconds,
-             summary.last.get("loss", float("nan")))
-    return summary

@@ -13,6 +13,12 @@ a float32 sum differently for another batch shape, so there the stored values ag
 the store's precision (``store.quant.units_apart``), and a few training steps give the same losses
 to 1e-6.
 
+With ``fresh_views`` (``train --fresh-views``) every epoch trains new views instead: epoch ``e`` renders
+global view ``e`` and crowd ``e`` of every image, drawn from (seed, index, e) by extraction's own
+functions, and the teacher sees each of them once. That is the paper's training, the reference
+a cache of ``V`` views is measured against (``dpal-cache study``). It is as deterministic and
+resumable as the replay: every draw is a pure function of (seed, epoch, index).
+
 Data workers render uint8 views (no teacher in them); the teacher runs in the training process,
 on the training device, inside ``prepare`` after the batch has been moved there. Its outputs
 take one trip through host memory for the (numpy) codecs: the price of reusing extraction's
@@ -70,10 +76,13 @@ class OnlineDataset(Dataset):
         local_crop_cfg: student-only crops (default: the views config's).
         skip_changed: drop images whose bytes changed since the scan instead of failing.
         render: ``workers`` or ``device``, as for ``StoreDataset``.
+        fresh: fresh views: epoch ``e`` trains view ``e`` and crowd ``e`` of every image, drawn from (seed, index,
+            e) as extraction draws views ``0..V-1`` (so epoch 0 sees a store's view 0), instead of the one of
+            ``V`` views and ``C`` crowds a store would hold that ``epoch_choice`` picks.
     """
 
     def __init__(self, session: ExtractSession, calib: Calibration, local_crop_cfg: LocalCropConfig | None = None,
-                 skip_changed: bool = False, render: str = "workers"):
+                 skip_changed: bool = False, render: str = "workers", fresh: bool = False):
         self.views = session.cfg.views
         if self.views.crowds_per_image == 0:
             raise StoreMismatch("the extract config has crowds_per_image 0: the relation loss needs crowd images")
@@ -92,6 +101,7 @@ class OnlineDataset(Dataset):
         self.v = self.views.views_per_image
         self.c = self.views.crowds_per_image
         self.render = render
+        self.fresh = fresh
         self.inputs = SampleInputs(self.catalog, self.views, self.local_crop_cfg, self.seed, self.backgrounds,
                                    skip_changed, render)
 
@@ -107,13 +117,21 @@ class OnlineDataset(Dataset):
         bg_sizes = self.backgrounds.sizes if self.backgrounds is not None else None
         cat, samples = self.catalog, []
         for index, epoch in zip(images, epochs):
-            view = epoch_choice(self.seed, STREAM_EPOCH_VIEW, index, epoch, self.v)
-            crowd = epoch_choice(self.seed, STREAM_EPOCH_CROWD, index, epoch, self.c)
+            view, crowd = self.choice(index, epoch)
             size = (int(cat.sizes[index, 0]), int(cat.sizes[index, 1]))  # the decoded size, checked on load
             params = global_view_params(self.views.global_view, self.seed, index, view, size).to_vector()
             recipe = make_recipe(self.views, self.seed, index, crowd, cat.ok, cat.sizes, bg_sizes).to_vector()
             samples.append((index, epoch, params, recipe))
         return self.inputs(samples)
+
+
+    def choice(self, index: int, epoch: int) -> tuple[int, int]:
+        """(view, crowd) of image ``index`` that trains in ``epoch``: the epoch's own with fresh views, else the
+        cached ones ``StoreDataset`` picks."""
+        if self.fresh:
+            return epoch, epoch
+        return (epoch_choice(self.seed, STREAM_EPOCH_VIEW, index, epoch, self.v),
+                epoch_choice(self.seed, STREAM_EPOCH_CROWD, index, epoch, self.c))
 
 
 class TeacherTargets:
@@ -202,9 +220,11 @@ def train_online(
     device = _training_device(cfg)
     session = ExtractSession(dataclasses.replace(extract_cfg, device=str(device)), source, manifest, teacher)
     calib = session.calibrate(cfg.workers)
-    dataset = OnlineDataset(session, calib, cfg.local_crops, cfg.skip_changed, render_mode(cfg))
+    dataset = OnlineDataset(session, calib, cfg.local_crops, cfg.skip_changed, render_mode(cfg), cfg.fresh_views)
     prepare = TeacherTargets(session, calib, cfg.loss.relation)
     name = session.teacher.describe()["name"]
-    log.info("online mode: teacher %s on %s, %d images", name, session.device, len(dataset))
+    log.info("online mode: teacher %s on %s, %d images, %s", name, session.device, len(dataset),
+             "fresh views every epoch" if cfg.fresh_views else
+             f"replaying {dataset.v} view(s) and {dataset.c} crowd(s) per image as a store would")
     return run_training(cfg, dataset, run_dir, resume, progress, prepare=prepare, store_ref=f"online:{name}",
                         configs={"extract.yaml": extract_cfg})

@@ -59,17 +59,8 @@ from timm.models.swin_transformer import SwinTransformer
 from timm.models.vision_transformer import VisionTransformer
 
 from dpal_cache.config import check
+from dpal_cache.train.student_names import DEFAULT_STUDENT, STUDENT_ALIASES, STUDENT_KWARGS
 
-# short names of the paper's students (Table 5) -> timm model names and the kwargs that make them so
-STUDENT_ALIASES: dict[str, str] = {
-    "vit_tiny_patch16": "vit_tiny_patch16_224",
-    "vit_small_patch16": "vit_small_patch16_224",
-    "swin_tiny": "swin_tiny_patch4_window7_224",
-    "swin_small": "swin_small_patch4_window7_224",
-}
-STUDENT_KWARGS: dict[str, dict[str, Any]] = {
-    "vit_tiny_patch16": {"num_heads": 6},  # the paper's ViT-Ti (Table 5); timm's vit_tiny has 3 heads
-}
 SWIN_WINDOW = 8  # divides every stage grid of a 256x128 view (see the module docstring)
 
 Family = Literal["vit", "swin"]
@@ -79,7 +70,7 @@ Family = Literal["vit", "swin"]
 class StudentConfig:
     """Which student to train and how its tokens are brought to the teacher grid."""
 
-    name: str = "vit_tiny_patch16"  # a short name (STUDENT_ALIASES) or any timm ViT / Swin name
+    name: str = DEFAULT_STUDENT  # a short name (STUDENT_ALIASES) or any timm ViT / Swin name
     img_size: tuple[int, int] = (256, 128)  # (height, width) the backbone is built at
     drop_path_rate: float | None = None  # None: timm's default for the model (ViT 0.0, Swin 0.1)
     window_size: int | None = None  # Swin only; None: SWIN_WINDOW

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dpal_cache.train.loop import LOSS_KEYS
+from dpal_cache.train.losses import LOSS_KEYS
 from dpal_cache.viz import draw
 
 log = logging.getLogger(__name__)

@@ -40,3 +40,22 @@ def test_bench_cli_refuses_unknown_sections(tmp_path):
     res = runner.invoke(app, ["bench", "--only", "training,speed", "--out", str(tmp_path / "b.json")])
     assert res.exit_code == 2
     assert "speed" in res.output
+
+
+def test_bench_cli_refuses_a_folder_as_out_before_any_benchmark(tmp_path):
+    res = runner.invoke(app, ["bench", "--only", "store", "--out", str(tmp_path), "--workdir", str(tmp_path / "w")])
+    assert res.exit_code == 2 and "is a folder: name the JSON file to write" in " ".join(res.output.split())
+    assert not (tmp_path / "w").exists()
+
+
+def test_bench_cli_refuses_a_device_that_is_not_here(tmp_path):
+    res = runner.invoke(app, ["bench", "--device", "nonsense", "--out", str(tmp_path / "b.json")])
+    assert res.exit_code == 2 and "nonsense" in res.output
+    assert not (tmp_path / "b.json").exists()
+
+
+def test_bench_cli_refuses_bad_counts_with_one_error_line(tmp_path):
+    res = runner.invoke(app, ["bench", "--loader-workers", "a,b", "--out", str(tmp_path / "b.json")])
+    assert res.exit_code == 2
+    errors = [line for line in res.output.splitlines() if line.startswith("error")]
+    assert errors == ["error: --loader-workers: expected comma-separated integers, got 'a,b'"], res.output

@@ -92,6 +92,7 @@ def test_bad_combinations_exit_with_code_2(store, tmp_path, monkeypatch):
         (["--store", url, "--teacher", "random:vit_tiny"], "--store and --teacher exclude each other"),
         ([], "pass --store"),
         (["--store", url, "--manifest", "m.parquet"], "--manifest only apply to online mode"),
+        (["--store", url, "--fresh-views"], "--fresh-views needs the teacher in the loop"),
         (["--store", url, "--set", "loss.relation=gram"], "re-extract with --gram"),
         (["--store", url, "--student", "resnet_nope"], "unknown student"),
         (["--store", url, "--decoder", "big"], "decoder.kind"),

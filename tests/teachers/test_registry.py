@@ -8,7 +8,14 @@ import pytest
 
 from dpal_cache.config import ConfigError
 from dpal_cache.normalization import IMAGENET_MEAN, IMAGENET_STD
-from dpal_cache.teachers.registry import get_teacher_spec, known_teachers, patch_grid
+from dpal_cache.teachers.registry import (
+    LAYOUTS,
+    POS_EMBED_KINDS,
+    TeacherSpec,
+    get_teacher_spec,
+    known_teachers,
+    patch_grid,
+)
 
 # name: (embed_dim, depth, num_heads, pretraining (H, W), class token, patch padding, layout)
 REAL = {
@@ -107,3 +114,18 @@ def test_spec_round_trips_through_config_dicts(name):
 
     spec = get_teacher_spec(name)
     assert from_dict(type(spec), to_dict(spec)) == spec
+
+
+@pytest.mark.parametrize("key,known", [("layout", LAYOUTS), ("pos_embed", POS_EMBED_KINDS)])
+def test_layouts_and_pos_embed_kinds_have_one_spelling(key, known):
+    # the spec's check and the config loader's Literal accept the same names, and name them all on a typo
+    from dpal_cache.config import from_dict, to_dict
+
+    spec = get_teacher_spec("path-b")
+    for value in known:
+        assert from_dict(TeacherSpec, {**to_dict(spec), key: value}) == dataclasses.replace(spec, **{key: value})
+    for refuse in (lambda: dataclasses.replace(spec, **{key: "onnx"}),
+                   lambda: from_dict(TeacherSpec, {**to_dict(spec), key: "onnx"})):
+        with pytest.raises(ConfigError, match=key) as err:
+            refuse()
+        assert all(value in str(err.value) for value in known)

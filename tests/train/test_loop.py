@@ -14,7 +14,8 @@ import yaml
 from dpal_cache.config import to_dict
 from dpal_cache.data.sources import open_source
 from dpal_cache.train.checkpoint import load_checkpoint
-from dpal_cache.train.loop import LOSS_KEYS, train
+from dpal_cache.train.loop import train
+from dpal_cache.train.losses import LOSS_KEYS
 
 METRIC_KEYS = {"step", "epoch", "lr", "samples_per_s", "data_wait", *LOSS_KEYS}
 

@@ -23,7 +23,8 @@ from dpal_cache.extract.run import ExtractSession
 from dpal_cache.store import io as store_io
 from dpal_cache.store.quant import relative_l2, units_apart
 from dpal_cache.train.data import StoreDataset, StoreMismatch, sample_keys
-from dpal_cache.train.loop import LOSS_KEYS, train
+from dpal_cache.train.loop import train
+from dpal_cache.train.losses import LOSS_KEYS
 from dpal_cache.train.online import OnlineDataset, TeacherTargets, train_online
 
 INPUTS = ("index", "epoch", "valid", "global_view", "local_crops", "crowd")
@@ -142,3 +143,48 @@ def test_online_resume_refuses_other_teacher_settings(make, tmp_path, train_conf
     with pytest.raises(StoreMismatch, match="token_precision"):
         train_online(train_cfg, dataclasses.replace(cfg, token_precision="int8"), source, manifest,
                      tmp_path / "run", resume=True)
+
+
+def test_fresh_views_render_the_epochs_own_view_and_crowd(make):
+    """Epoch e of fresh-view training renders view e and crowd e: the views a store with V > e would hold at those
+    positions, so a store's view v is what fresh training shows in epoch v; replay repeats its V views."""
+    _, _, session, replay, _ = _online(make, "fp16")
+    fresh = OnlineDataset(session, session.calibrate(), fresh=True)
+    n, v = len(fresh), replay.v
+    index = int(fresh.images[0])
+    views = {e: fresh.__getitems__([e * n])["global_view"][0] for e in range(4)}
+    crowds = {e: fresh.__getitems__([e * n])["crowd"][0] for e in range(4)}
+    assert [fresh.choice(index, e) for e in range(4)] == [(e, e) for e in range(4)]
+    assert all(not torch.equal(views[a], views[b]) for a in range(4) for b in range(a + 1, 4))
+    assert all(not torch.equal(crowds[a], crowds[b]) for a in range(4) for b in range(a + 1, 4))
+    seen = set()
+    for epoch in range(12):  # replay: every epoch shows one of the V views, each the fresh one of its number
+        view, _ = replay.choice(index, epoch)
+        assert torch.equal(replay.__getitems__([epoch * n])["global_view"][0], views[view])
+        seen.add(view)
+    assert seen == set(range(v))
+
+
+def test_fresh_view_training_is_reproducible_and_resumes_exactly(make, tmp_path, train_config, read_metrics):
+    _, cfg, source, manifest = make("fp16")
+    sets = ("fresh_views=true", "checkpoint_every=2", "student.drop_path_rate=0.1")
+    full = train_online(train_config("max_steps=8", *sets), cfg, source, manifest, tmp_path / "full")
+    again = train_online(train_config("max_steps=8", *sets), cfg, source, manifest, tmp_path / "again")
+    train_online(train_config("max_steps=5", *sets), cfg, source, manifest, tmp_path / "split")
+    train_online(train_config("max_steps=8", *sets), cfg, source, manifest, tmp_path / "split", resume=True)
+    replay = train_online(train_config("max_steps=8", *sets[1:]), cfg, source, manifest, tmp_path / "replay")
+    assert full.steps == again.steps == replay.steps == 8
+    a, b, c, r = (read_metrics(tmp_path / run) for run in ("full", "again", "split", "replay"))
+    for key in ("step", "epoch", "lr", *LOSS_KEYS):
+        assert [x[key] for x in a] == [x[key] for x in b] == [x[key] for x in c], key
+    # 3 batches an epoch: the first epoch trains view 0 either way; afterwards fresh views show other images
+    assert [x["loss"] for x in a] != [x["loss"] for x in r]
+    with pytest.raises(StoreMismatch, match="fresh_views"):
+        train_online(train_config("max_steps=9", *sets[1:]), cfg, source, manifest, tmp_path / "full", resume=True)
+
+
+def test_fresh_views_are_refused_for_a_store(make, tmp_path, train_config):
+    store, _, source, _ = make("fp16")
+    with pytest.raises(StoreMismatch, match="online mode"):
+        train(train_config("max_steps=1", "fresh_views=true"), store.url, source, tmp_path / "run")
+    assert not (tmp_path / "run").exists()

@@ -15,7 +15,8 @@ import torch
 from dpal_cache.data.sources import open_source
 from dpal_cache.train.checkpoint import load_checkpoint, save_checkpoint
 from dpal_cache.train.data import StoreMismatch
-from dpal_cache.train.loop import LOSS_KEYS, train
+from dpal_cache.train.loop import train
+from dpal_cache.train.losses import LOSS_KEYS
 
 # drop path and an EMA make the run depend on the RNG state and the EMA weights a resume must restore
 SETS = ["checkpoint_every=3", "student.drop_path_rate=0.1", "ema_decay=0.9", "decoder.kind=moe"]

@@ -164,3 +164,14 @@ def test_the_releases_last_block_heads():
                       num_heads=(1, 2, 4, 8))
     with pytest.raises(ValueError, match="does not divide"):
         build_student(StudentConfig(last_block_heads=7), depth=1)
+
+
+def test_student_help_names_every_short_name_and_the_config_default():
+    import inspect
+
+    from dpal_cache.cli.train import train_command
+    from dpal_cache.train.student_names import STUDENT_ALIASES
+
+    text = inspect.signature(train_command).parameters["student"].default.help
+    assert all(name in text for name in STUDENT_ALIASES)
+    assert f"{StudentConfig().name} (default)" in text

@@ -28,11 +28,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Literal, NamedTuple
+from typing import NamedTuple
 
 import torch
 
 from dpal_cache.config import check
+from dpal_cache.train.decoders.registry import DECODERS, unknown_decoder
 
 
 class Pattern(IntEnum):
@@ -46,14 +47,12 @@ class Pattern(IntEnum):
 NUM_PATTERNS = len(Pattern)
 MIN_HEAD_DIM = 8
 
-DecoderKind = Literal["dpade", "linear", "mae", "moe"]
-
 
 @dataclass(frozen=True)
 class DecoderConfig:
-    """One pattern decoder (paper Table 11): ``dpade`` (default), ``linear``, ``mae`` or ``moe``."""
+    """One pattern decoder (paper Table 11): ``kind`` is a registered decoder (registry.py), ``dpade`` by default."""
 
-    kind: DecoderKind = "dpade"
+    kind: str = "dpade"  # checked against the registry: DECODERS in registry.py
     heads: int = 16  # D-PaDe / MoE self- and cross-attention, MAE blocks (release: align_num_heads 16)
     router_heads: int = 12  # router cross-attention (release: 12, hard-coded)
     inner_dim: int | None = 192  # students wider than this are projected down to it first (release: 192 for Swin
@@ -70,6 +69,7 @@ class DecoderConfig:
     norm_eps: float = 1e-6
 
     def __post_init__(self) -> None:
+        check(self.kind in DECODERS, "kind", unknown_decoder(self.kind))
         check(self.heads >= 1, "heads", f"must be >= 1, got {self.heads}")
         check(self.router_heads >= 1, "router_heads", f"must be >= 1, got {self.router_heads}")
         if self.inner_dim is not None:

@@ -45,6 +45,7 @@ from dpal_cache.train.decoders.config import (
     check_pattern,
     resolve_heads,
 )
+from dpal_cache.train.decoders.registry import register_decoder
 
 
 def xavier_init(module: nn.Module) -> None:
@@ -133,6 +134,7 @@ class ExpertGenerator(nn.Module):
         return u @ v / math.sqrt(r)  # (B, 3, D, Dt)
 
 
+@register_decoder("dpade")
 class DPaDe(nn.Module):
     """The dynamic pattern decoder (see the module docstring); ``forward(x, pattern) -> DecoderOutput``."""
 

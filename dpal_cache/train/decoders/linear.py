@@ -12,8 +12,10 @@ import torch.nn as nn
 
 from dpal_cache.train.decoders.config import DecoderConfig, DecoderOutput, check_pattern, zero_aux
 from dpal_cache.train.decoders.dpade import xavier_init
+from dpal_cache.train.decoders.registry import register_decoder
 
 
+@register_decoder("linear")
 class LinearDecoder(nn.Module):
     """Linear(Ds -> Dt); ``cfg`` is accepted for a uniform constructor and otherwise unused."""
 

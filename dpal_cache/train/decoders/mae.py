@@ -17,8 +17,10 @@ from timm.models.vision_transformer import Block
 
 from dpal_cache.train.decoders.config import DecoderConfig, DecoderOutput, check_pattern, resolve_heads, zero_aux
 from dpal_cache.train.decoders.dpade import xavier_init
+from dpal_cache.train.decoders.registry import register_decoder
 
 
+@register_decoder("mae")
 class MAEDecoder(nn.Module):
     """Embed -> ``mae_depth`` transformer blocks -> LayerNorm -> Linear to the teacher width."""
 

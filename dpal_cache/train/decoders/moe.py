@@ -18,8 +18,10 @@ from timm.layers import Mlp
 
 from dpal_cache.train.decoders.config import NUM_PATTERNS, DecoderConfig, DecoderOutput, check_pattern
 from dpal_cache.train.decoders.dpade import Router, TokenMixer, xavier_init
+from dpal_cache.train.decoders.registry import register_decoder
 
 
+@register_decoder("moe")
 class MoEDecoder(nn.Module):
     """Token mixer + router + three fixed MLP experts, softly mixed by the router scores."""
 
