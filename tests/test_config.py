@@ -114,16 +114,20 @@ def test_repo_config_files_load():
     """Every YAML in configs/ loads into its stage config (keeps the files true to the code)."""
     from dpal_cache.data.manifest import ScanConfig
     from dpal_cache.extract.config import ExtractConfig
+    from dpal_cache.study import StudyConfig
     from dpal_cache.synth import SynthConfig
     from dpal_cache.train.config import TrainConfig
     from dpal_cache.views.config import ViewsConfig
 
     root = Path(__file__).resolve().parents[1] / "configs"
     expected = {"synth.yaml": SynthConfig, "scan.yaml": ScanConfig, "views.yaml": ViewsConfig,
-                "extract.yaml": ExtractConfig, "train.yaml": TrainConfig}
-    assert sorted(p.name for p in root.glob("*.yaml")) == sorted(expected)
+                "extract.yaml": ExtractConfig, "train.yaml": TrainConfig, "study.yaml": StudyConfig}
+    variants = {"study-smoke.yaml": StudyConfig}  # smaller settings of a stage config: they load, and differ
+    assert sorted(p.name for p in root.glob("*.yaml")) == sorted({**expected, **variants})
     for name, cls in expected.items():
         assert load_config(cls, root / name) == cls(), name
+    for name, cls in variants.items():
+        assert load_config(cls, root / name) != cls(), name
 
 
 def test_differences_of_nested_configs():

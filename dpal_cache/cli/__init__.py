@@ -41,7 +41,7 @@ def _register() -> None:
     global _registered
     if _registered:
         return
-    from dpal_cache.cli import synth, scan, extract, inspect, train, viz, export, evaluate, demo, bench  # noqa: F401, I001  (each adds a command; help order)
+    from dpal_cache.cli import synth, scan, extract, inspect, train, viz, export, evaluate, demo, study, bench  # noqa: F401, I001  (each adds a command; help order)
 
     _registered = True
 
