@@ -50,7 +50,26 @@ def epoch_choice(seed: int, stream: int, index: int, epoch: int, n: int) -> int:
     return min(n - 1, int(uniforms(seed, stream, index, epoch, 0, 1)[0] * n))
 
 
-class StoreDataset(Dataset):
+class EpochKeyedDataset(Dataset):
+    """A data set served a batch at a time under ``EpochSampler``'s keys (``epoch * n + k`` over ``images``):
+    subclasses set ``images`` and build a batch from (dataset indices, epochs) in ``batch``."""
+
+    images: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, key: int) -> dict[str, Any]:
+        return self.__getitems__([key])
+
+    def __getitems__(self, keys: list[int]) -> dict[str, Any]:
+        return self.batch(*sample_keys(keys, self.images))
+
+    def batch(self, images: list[int], epochs: list[int]) -> dict[str, Any]:
+        raise NotImplementedError
+
+
+class StoreDataset(EpochKeyedDataset):
     """Samples of the usable images of a complete store; see the module docstring.
 
     Args:
@@ -134,15 +153,8 @@ class StoreDataset(Dataset):
                 "re-run scan + extract, or train with --skip-changed"
             )
 
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, key: int) -> dict[str, Any]:
-        return self.__getitems__([key])
-
-    def __getitems__(self, keys: list[int]) -> dict[str, Any]:
+    def batch(self, images: list[int], epochs: list[int]) -> dict[str, Any]:
         """A whole batch (already collated): inputs uint8, targets as stored, ``valid`` mask."""
-        images, epochs = sample_keys(keys, self.images)
         view_rows, crowd_rows = self.target_rows(images, epochs)
         params, recipes = self.reader.params, self.reader.recipes
         samples = [(i, e, params[v], recipes[c]) for i, e, v, c in zip(images, epochs, view_rows, crowd_rows)]

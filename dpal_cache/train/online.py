@@ -39,7 +39,6 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import torch
-from torch.utils.data import Dataset
 
 from dpal_cache.config import from_dict, load_yaml
 from dpal_cache.data.sources import ImageSource
@@ -51,7 +50,7 @@ from dpal_cache.store.calibration import Calibration
 from dpal_cache.store.codecs import as_targets, encode_outputs
 from dpal_cache.store.layout import STATUS_OK
 from dpal_cache.train.config import TrainConfig
-from dpal_cache.train.data import epoch_choice, sample_keys
+from dpal_cache.train.data import EpochKeyedDataset, epoch_choice
 from dpal_cache.train.errors import StoreMismatch
 from dpal_cache.train.inputs import SampleInputs
 from dpal_cache.train.loop import Progress, TrainSummary, render_mode, run_training
@@ -63,7 +62,7 @@ from dpal_cache.views.params import global_view_params
 
 log = logging.getLogger(__name__)
 
-class OnlineDataset(Dataset):
+class OnlineDataset(EpochKeyedDataset):
     """``StoreDataset``'s samples without a store: the inputs of a batch, no ``t_*`` targets.
 
     Per sample: the global view and crowd image ``StoreDataset`` would pick for (seed, epoch,
@@ -105,15 +104,8 @@ class OnlineDataset(Dataset):
         self.inputs = SampleInputs(self.catalog, self.views, self.local_crop_cfg, self.seed, self.backgrounds,
                                    skip_changed, render)
 
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, key: int) -> dict[str, Any]:
-        return self.__getitems__([key])
-
-    def __getitems__(self, keys: list[int]) -> dict[str, Any]:
+    def batch(self, images: list[int], epochs: list[int]) -> dict[str, Any]:
         """A whole batch: index, epoch, valid and the inputs (``SampleInputs``), no targets."""
-        images, epochs = sample_keys(keys, self.images)
         bg_sizes = self.backgrounds.sizes if self.backgrounds is not None else None
         cat, samples = self.catalog, []
         for index, epoch in zip(images, epochs):
