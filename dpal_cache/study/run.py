@@ -141,7 +141,8 @@ def train_and_probe(root: Path, cfg: StudyConfig, data: DemoData, teacher: dict[
         run_dir = root / f"{arm.replace('=', '')}-s{seed}"
         result = _read_json(run_dir / "result.json")
         if result is None:
-            result = train_one(run_dir, cfg, data, teacher, arm, seed)
+            result = train_one(run_dir, cfg, data, teacher, arm, seed,
+                               lambda r, k=k: progress("runs", k + r["step"] / r["total_steps"], len(jobs)))
             result["probes"] = prober.probe_student(run_dir / "student.safetensors", seed)
             _write_json(run_dir / "result.json", result)
         results.append(result)
@@ -150,8 +151,9 @@ def train_and_probe(root: Path, cfg: StudyConfig, data: DemoData, teacher: dict[
 
 
 def train_one(run_dir: Path, cfg: StudyConfig, data: DemoData, teacher: dict[str, Any], arm: str,
-              seed: int) -> dict[str, Any]:
-    """Train ``arm`` (``V=<v>``: from that store; ``fresh``: online with fresh views) with ``seed``; export."""
+              seed: int, steps=None) -> dict[str, Any]:
+    """Train ``arm`` (``V=<v>``: from that store; ``fresh``: online with fresh views) with ``seed``; export.
+    ``steps`` gets the training loop's record of every step."""
     from dpal_cache.data.manifest import read_manifest
     from dpal_cache.train.export import export_student
     from dpal_cache.train.loop import train
@@ -164,11 +166,11 @@ def train_one(run_dir: Path, cfg: StudyConfig, data: DemoData, teacher: dict[str
         tcfg = stages.train_config(cfg.student, cfg.epochs, cfg.batch_size, cfg.lr, cfg.warmup_epochs, seed,
                             fresh_views=True)
         ecfg = stages.extract_config(teacher, data, cfg.data_seed, cfg.crowd_size, **_views_overrides(cfg, 1))
-        summary = train_online(tcfg, ecfg, data.source(), read_manifest(data.manifest), train_dir)
+        summary = train_online(tcfg, ecfg, data.source(), read_manifest(data.manifest), train_dir, progress=steps)
     else:
         tcfg = stages.train_config(cfg.student, cfg.epochs, cfg.batch_size, cfg.lr, cfg.warmup_epochs, seed)
         store = run_dir.parent.parent / "stores" / f"V{arm[2:]}.zarr"
-        summary = train(tcfg, str(store), data.source(), train_dir)
+        summary = train(tcfg, str(store), data.source(), train_dir, progress=steps)
     seconds = time.perf_counter() - t0
     export_student(train_dir, run_dir / "student.safetensors")
     log.info("study: %s seed %d trained %d steps in %.1f s, loss %.4f -> %.4f", arm, seed, summary.steps, seconds,

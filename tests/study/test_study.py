@@ -47,6 +47,8 @@ def test_every_arm_and_seed_is_trained_and_probed(study):
         assert s["reid"]["ratio"]["n"] == len(cfg.seeds) and s["reid"]["ratio"]["sd"] >= 0
     assert set(result["gaps_to_fresh"]) == {"V=1", "V=2"}
     assert ("runs", len(result["runs"]), len(result["runs"])) in seen
+    within = [done for stage, done, _ in seen if stage == "runs" and not float(done).is_integer()]
+    assert within and within == sorted(within)  # the bar moves during each run, never back
 
 
 def test_the_table_plot_and_json_are_written(study):
