@@ -82,3 +82,11 @@ def check_apart(out: str | os.PathLike, inputs: Mapping[str, str | os.PathLike |
         if _inside(folder_path, out_path):
             raise OutputRefused(f"the input {option} {folder} is inside the output {out}: write the output "
                                 "elsewhere, so that replacing one never deletes the other")
+
+
+def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
+    """``write(tmp)`` into a temporary file beside ``path`` (``.NAME.tmp-PID``), then rename it onto ``path``: a
+    reader or a kill never sees half a file."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    write(tmp)
+    os.replace(tmp, path)

@@ -18,6 +18,7 @@ from rich.table import Table
 
 from dpal_cache.cli import app
 from dpal_cache.cli.common import console, fail, parse_size, setup_logging
+from dpal_cache.outputs import write_atomic
 
 if TYPE_CHECKING:  # the CLI imports the suite when a command runs
     from dpal_cache.bench.common import BenchSettings
@@ -176,9 +177,7 @@ def _run(settings: BenchSettings, sections: tuple[str, ...], workdir: Path | Non
     out.parent.mkdir(parents=True, exist_ok=True)
 
     def write(result: dict[str, Any]) -> None:
-        tmp_out = out.with_name(out.name + ".partial")
-        tmp_out.write_text(json.dumps(result, indent=2, allow_nan=False) + "\n")
-        tmp_out.replace(out)
+        write_atomic(out, lambda tmp: tmp.write_text(json.dumps(result, indent=2, allow_nan=False) + "\n"))
 
     tmp = None
     if workdir is None:

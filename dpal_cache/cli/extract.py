@@ -154,7 +154,8 @@ def extract_command(
                                              "(uint8 log codes, about 4x smaller)."),
     gram: bool | None = typer.Option(None, "--gram/--no-gram", help="Also store the release's gram relation."),
     mask_at_extract: float | None = typer.Option(None, "--mask-at-extract", help="Store tokens multiplied by "
-                                                 "(mask score > THRESHOLD) instead of full tokens."),
+                                                 "(mask score > THRESHOLD) instead of full tokens; training gives "
+                                                 "the zeroed rows local-loss weight 0."),
     batch_size: int | None = typer.Option(None, "--batch-size", help="Images per teacher batch (default "
                                           f"{ExtractConfig.batch_size}; each brings its views and crowds)."),
     device: str | None = typer.Option(None, "--device", help="auto, cpu, cuda or cuda:N."),

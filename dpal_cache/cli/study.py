@@ -57,8 +57,8 @@ def study_command(
     out: Path = typer.Option(Path("runs/study"), "--out", help="Folder for the study: new, empty, or an "
                              "unfinished study of the same config (it resumes)."),
     config: Path | None = typer.Option(None, "--config", help=CONFIG_HELP + " Default: the full study "
-                                       "(configs/study.yaml, ~40 min on 2 cores); configs/study-smoke.yaml is a "
-                                       "few minutes."),
+                                       "(configs/study.yaml, 36 min on 2 cores); configs/study-smoke.yaml takes "
+                                       "about half a minute."),
     teacher: str | None = typer.Option(None, "--teacher", help="Study this teacher instead of pretraining the "
                                        f"demo one ({TEACHERS_HELP})."),
     checkpoint: Path | None = typer.Option(None, "--checkpoint", help="Weights file of --teacher."),

@@ -131,9 +131,10 @@ def train_command(
     """Train a student + pattern decoder (D-PaDe by default) from a feature store, without the teacher.
 
     Writes OUT/config.yaml, OUT/metrics.jsonl (one line per logged step) and OUT/last.pt (every
-    checkpoint_every steps and at the end). --resume continues exactly; a new run into a folder
-    that holds last.pt is refused. Multi-GPU: run this command under torchrun
-    (pipelines/train_ddp.sh).
+    checkpoint_every steps and at the end). OUT must be new, empty or a run's own folder; a new run
+    into a folder that holds last.pt is refused. --resume continues exactly, with the run's config
+    and process count. Online mode (--teacher) computes the targets in the loop; --fresh-views
+    draws new views every epoch. Multi-GPU: run this command under torchrun (pipelines/train_ddp.sh).
     """
     main = int(os.environ.get("RANK", "0")) == 0
     setup_logging(verbose)

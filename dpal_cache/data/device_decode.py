@@ -42,8 +42,9 @@ def jpeg_size(data: bytes) -> tuple[int, int] | None:
 
 def pack_source(data: bytes, cfg: DecodeConfig, bytes_ok: bool, size: tuple[int, int] | None = None) -> torch.Tensor:
     """What a worker sends for one image: its bytes (1-D uint8) when ``bytes_ok`` and the device can decode them
-    alike, else its pixels (3, H, W) uint8 from ``decode_rgb``. ``size``: the (H, W) the image must have
-    (ImageDecodeError ``unsupported`` otherwise, raised by the caller's check as a changed image)."""
+    alike, else its pixels (3, H, W) uint8 from ``decode_rgb``. ``size``: the (H, W) the JPEG header must give
+    for its bytes to be sent; otherwise the pixels are sent and the caller's size check reports the image as
+    changed."""
     if bytes_ok:
         header = jpeg_size(data)
         if header is not None and (size is None or tuple(header) == tuple(size)):

@@ -51,6 +51,7 @@ from dpal_cache.data.catalog import Catalog, ImageUnavailable
 from dpal_cache.data.device_decode import decode_sources, pack_source
 from dpal_cache.data.manifest import manifest_fingerprint
 from dpal_cache.data.sources import open_source
+from dpal_cache.extract.run import render_backend
 from dpal_cache.store.calibration import mask_score
 from dpal_cache.store.codecs import decode_map, decode_tokens, encode_map, encode_tokens
 from dpal_cache.store.errors import StoreError
@@ -671,7 +672,7 @@ def verify_store(
 
     stored_render = str(meta.identity.get("render", "per-sample/cpu"))
     replay_render = render if render != "auto" else ("device" if stored_render.startswith("batched") else "workers")
-    replay_name = "per-sample/cpu" if replay_render == "workers" else f"batched/{dev.type}"
+    replay_name = render_backend(replay_render, dev)
     checks = [check_completeness(reader)]
     chosen = sample_images(status, sample, seed)
     log.info("verifying %s: %d of %d ok images sampled, teacher %s on %s", url, len(chosen),

@@ -20,6 +20,8 @@ on the device the model runs on, from the stored dtype: fewer bytes cross to it)
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 
@@ -80,11 +82,17 @@ def encode_log8(p: np.ndarray) -> np.ndarray:
 LOG8_VALUES = np.where(np.arange(256) == 0, 0.0, np.exp((np.arange(256) - 1.0) / 254.0 * _LOG8_SPAN - _LOG8_SPAN))
 
 
+@functools.lru_cache(maxsize=8)
+def _log8_table(device: torch.device) -> torch.Tensor:
+    """``LOG8_VALUES`` on ``device``, copied there once (decoding runs twice per training batch)."""
+    return torch.as_tensor(LOG8_VALUES, device=device)
+
+
 def decode_log8(code, renormalise: bool = True) -> torch.Tensor:
     """uint8 log codes (numpy or torch, any device) -> float32 probabilities; rows (last axis) renormalised
     to sum 1 (in float64)."""
     code = torch.as_tensor(code)
-    p = torch.as_tensor(LOG8_VALUES, device=code.device)[code.long()]
+    p = _log8_table(code.device)[code.long()]
     if renormalise:
         p = p / p.sum(dim=-1, keepdim=True).clamp_min(1e-30)
     return p.to(torch.float32)

@@ -18,6 +18,7 @@ arrays. A reader pickles without its zarr handles: every DataLoader worker reads
 
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 from typing import Any
@@ -85,13 +86,20 @@ class StoreReader:
         self.catalog: Catalog | None = None if source is None else self.open_catalog(source)
         bg = background_dir if background_dir is not None else meta.background_dir
         self.backgrounds = Backgrounds(FolderSource(bg), meta.decode) if bg is not None else None
-        # the small per-row arrays, whole, in numpy (no copy-on-access in forked workers)
         self.status = group["images/status"][:]
-        self.params = group["views/params"][:]
-        self.recipes = group["crowds/recipe"][:] if layout.crowds_per_image else None
         self.calibration: Calibration | None = read_calibration(group)
         self.rows = RowReader(group, layout.row_arrays())
         self._group = group
+
+    # the per-row view parameters and crowd recipes, whole, in numpy, read on first use (``info`` never reads
+    # them); training reads them before its workers fork (no copy-on-access there)
+    @functools.cached_property
+    def params(self) -> np.ndarray:
+        return self.group["views/params"][:]
+
+    @functools.cached_property
+    def recipes(self) -> np.ndarray | None:
+        return self.group["crowds/recipe"][:] if self.layout.crowds_per_image else None
 
     def open_catalog(self, source: ImageSource) -> Catalog:
         """``source`` as the store's catalog: refused (StoreError) unless it holds the images the store was

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import struct
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +30,10 @@ from dpal_cache.store.io import local_store_path
 
 _EMPTY = np.uint64(2**64 - 1)  # an inner chunk that was never written (all fill value)
 _INDEX_CRC = 4  # bytes of the crc32c after the index
+# per process, the most recently used shard files kept open and shard indexes kept parsed: a store of a million
+# images has tens of thousands of shard files, more than a process may open (ulimit -n is often 1024)
+OPEN_FILES = 256
+CACHED_INDEXES = 4096
 
 
 @dataclass(frozen=True)
@@ -90,16 +95,20 @@ class _LocalFiles:
 
     def __init__(self, root: str):
         self.root = root
-        self._fds: dict[str, int] = {}
+        self._fds: OrderedDict[str, int] = OrderedDict()  # least recently used first
 
     def _fd(self, key: str) -> int | None:
         fd = self._fds.get(key)
-        if fd is None:
-            try:
-                fd = os.open(os.path.join(self.root, key), os.O_RDONLY)
-            except FileNotFoundError:
-                return None
-            self._fds[key] = fd
+        if fd is not None:
+            self._fds.move_to_end(key)
+            return fd
+        try:
+            fd = os.open(os.path.join(self.root, key), os.O_RDONLY)
+        except FileNotFoundError:
+            return None
+        self._fds[key] = fd
+        if len(self._fds) > OPEN_FILES:
+            os.close(self._fds.popitem(last=False)[1])
         return fd
 
     def tail(self, key: str, size: int) -> bytes | None:
@@ -189,7 +198,7 @@ class RowReader:
         self._prefix = prefix
         self._files: _LocalFiles | _StoreRanges | None = None
         self._pid = -1
-        self._index: dict[tuple[str, int], np.ndarray | None] = {}
+        self._index: OrderedDict[tuple[str, int], np.ndarray | None] = OrderedDict()  # least recently used first
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
@@ -211,11 +220,15 @@ class RowReader:
     def shard_index(self, name: str, shard: int) -> np.ndarray | None:
         """The (rows, 2) offsets and lengths of shard ``shard`` of ``name`` (None: the shard file is absent)."""
         key = (name, shard)
-        if key not in self._index:
-            info = self.info[name]
-            tail = self._backend().tail(info.shard_key(shard), info.rows_per_shard * 16 + _INDEX_CRC)
-            self._index[key] = None if tail is None else parse_shard_index(tail, info.rows_per_shard)
-        return self._index[key]
+        if key in self._index:
+            self._index.move_to_end(key)
+            return self._index[key]
+        info = self.info[name]
+        tail = self._backend().tail(info.shard_key(shard), info.rows_per_shard * 16 + _INDEX_CRC)
+        index = self._index[key] = None if tail is None else parse_shard_index(tail, info.rows_per_shard)
+        if len(self._index) > CACHED_INDEXES:
+            self._index.popitem(last=False)
+        return index
 
     def read(self, name: str, rows: np.ndarray) -> np.ndarray:
         """Rows ``rows`` (any order, repeats allowed) of ``name``: (len(rows), *row shape) in the stored dtype."""

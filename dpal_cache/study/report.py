@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from dpal_cache.config import to_dict
+from dpal_cache.outputs import write_atomic
 from dpal_cache.study.config import StudyConfig
 
 # per probe: the headline metric the table and the plot show (all metrics stay in study.json)
@@ -130,16 +131,17 @@ def plot(result: dict[str, Any], path: Path) -> Path:
     fig = draw.vstack(panels, title="What the cache costs: cached views vs fresh views",
                       notes=[f"{len(result['runs'])} runs; mean and ±1 sd over seeds"])
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.save(path)
+    fig.save(path, format="PNG")
     return path
 
 
 def write_outputs(out: Path, result: dict[str, Any]) -> dict[str, str]:
     """``study.json``, ``study.md`` (the table) and ``fidelity.png`` (the plot) in ``out``."""
     files = {"json": out / "study.json", "table": out / "study.md", "plot": out / "fidelity.png"}
-    files["json"].write_text(json.dumps(result, indent=2, default=str) + "\n")
-    files["table"].write_text(f"# Cache fidelity study\n\n{markdown_table(result)}\nPlot: [fidelity.png]"
-                              "(fidelity.png); every run: [study.json](study.json).\n")
-    plot(result, files["plot"])
+    table = (f"# Cache fidelity study\n\n{markdown_table(result)}\nPlot: [fidelity.png](fidelity.png); every run: "
+             "[study.json](study.json).\n")
+    write_atomic(files["json"], lambda tmp: tmp.write_text(json.dumps(result, indent=2, default=str) + "\n"))
+    write_atomic(files["table"], lambda tmp: tmp.write_text(table))
+    write_atomic(files["plot"], lambda tmp: plot(result, tmp))
     result["files"] = {k: str(v) for k, v in files.items()}
     return result["files"]

@@ -21,10 +21,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from dpal_cache.bench.common import dir_bytes
 from dpal_cache.config import dump_yaml, from_dict, load_yaml, to_dict
 from dpal_cache.demo import stages
 from dpal_cache.demo.stages import DemoData, Progress
-from dpal_cache.outputs import OutputRefused, check_output_folder
+from dpal_cache.outputs import OutputRefused, check_output_folder, write_atomic
 from dpal_cache.study.config import StudyConfig
 from dpal_cache.study.probes import Prober
 from dpal_cache.study.report import summarize, write_outputs
@@ -50,14 +51,9 @@ def _read_json(path: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def _write_json(path: Path, value: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(value, indent=2, default=str) + "\n")
-    tmp.replace(path)
-
-
-def _folder_bytes(path: Path) -> int:
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+def write_json(path: Path, value: dict[str, Any]) -> None:
+    """``value`` as indented JSON, written atomically."""
+    write_atomic(path, lambda tmp: tmp.write_text(json.dumps(value, indent=2, default=str) + "\n"))
 
 
 def run_study(out_dir: str | Path, cfg: StudyConfig = StudyConfig(), progress: Progress = stages.no_progress) -> dict:
@@ -86,7 +82,7 @@ def run_study(out_dir: str | Path, cfg: StudyConfig = StudyConfig(), progress: P
     teacher = _read_json(out / "teacher.json")
     if teacher is None:
         teacher = _teacher(out, cfg, data, progress)
-        _write_json(out / "teacher.json", teacher)
+        write_json(out / "teacher.json", teacher)
     progress("teacher", 100, 100)
     prober = Prober(cfg, data, teacher, out / "teacher_probes.json")
     stores = {v: make_view_store(out / "stores", cfg, data, teacher, v, progress) for v in cfg.views}
@@ -123,9 +119,9 @@ def make_view_store(root: Path, cfg: StudyConfig, data: DemoData, teacher: dict[
         ecfg = stages.extract_config(teacher, data, cfg.data_seed, cfg.crowd_size, **_views_overrides(cfg, v))
         t0 = time.perf_counter()
         summary = stages.make_store(ecfg, data, store, lambda *_: None)
-        info = {"views": v, "store": str(store), "seconds": time.perf_counter() - t0, "bytes": _folder_bytes(store),
+        info = {"views": v, "store": str(store), "seconds": time.perf_counter() - t0, "bytes": dir_bytes(store),
                 "images": summary.ok}
-        _write_json(info_path, info)
+        write_json(info_path, info)
         log.info("study: store V=%d, %.1f s, %.1f MB", v, info["seconds"], info["bytes"] / 1e6)
     done = sorted(int(p.stem[1:]) for p in root.glob("V*.json"))
     progress("stores", sum(w for w in done if w in cfg.views), sum(cfg.views))
@@ -144,7 +140,7 @@ def train_and_probe(root: Path, cfg: StudyConfig, data: DemoData, teacher: dict[
             result = train_one(run_dir, cfg, data, teacher, arm, seed,
                                lambda r, k=k: progress("runs", k + r["step"] / r["total_steps"], len(jobs)))
             result["probes"] = prober.probe_student(run_dir / "student.safetensors", seed)
-            _write_json(run_dir / "result.json", result)
+            write_json(run_dir / "result.json", result)
         results.append(result)
         progress("runs", k + 1, len(jobs))
     return results

@@ -100,6 +100,7 @@ class StoreDataset(EpochKeyedDataset):
         except StoreError as exc:
             raise StoreMismatch(str(exc)) from None
         reader = self.reader
+        _ = (reader.params, reader.recipes)  # read now, before the DataLoader workers fork
         self.meta = reader.meta
         self.layout = reader.layout
         self.views: ViewsConfig = from_dict(ViewsConfig, self.meta.views)

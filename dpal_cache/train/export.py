@@ -32,7 +32,6 @@ right input size and normalisation.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +41,7 @@ from safetensors.torch import save_file
 
 from dpal_cache import __version__
 from dpal_cache.normalization import IMAGENET_MEAN, IMAGENET_STD
+from dpal_cache.outputs import write_atomic
 from dpal_cache.train.checkpoint import load_checkpoint
 from dpal_cache.weights import state_dict_differences
 
@@ -70,12 +70,6 @@ def _check_against_timm(weights: dict[str, torch.Tensor], timm_name: str, timm_k
     got = {k: tuple(v.shape) for k, v in weights.items()}
     if parts := state_dict_differences(want, got, limit=5):
         raise ValueError(f"the student's weights do not match timm's {timm_name}: " + "; ".join(parts))
-
-
-def _write_atomic(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    write(tmp)
-    os.replace(tmp, path)
 
 
 def export_student(run_dir: Path, out: Path, ema: bool = False) -> dict[str, Any]:
@@ -130,6 +124,6 @@ def export_student(run_dir: Path, out: Path, ema: bool = False) -> dict[str, Any
     config_path = out.with_suffix(".json")
     out.parent.mkdir(parents=True, exist_ok=True)
     metadata = {"format": "pt", "dpal_cache": FORMAT, "timm_name": timm_name}
-    _write_atomic(out, lambda p: save_file(weights, str(p), metadata=metadata))
-    _write_atomic(config_path, lambda p: p.write_text(json.dumps(info, indent=2) + "\n"))
+    write_atomic(out, lambda p: save_file(weights, str(p), metadata=metadata))
+    write_atomic(config_path, lambda p: p.write_text(json.dumps(info, indent=2) + "\n"))
     return {**info, "weights": str(out), "config": str(config_path)}

@@ -30,7 +30,7 @@ from dpal_cache.train.errors import StoreMismatch
 from dpal_cache.views.batched import BatchRenderer
 from dpal_cache.views.config import LocalCropConfig, ViewsConfig
 from dpal_cache.views.crowd import CrowdRecipe, render_crowd
-from dpal_cache.views.local import local_crop_params
+from dpal_cache.views.local import local_crop_params, local_crops
 from dpal_cache.views.params import ViewParams
 from dpal_cache.views.render import render_view
 
@@ -84,9 +84,7 @@ class SampleInputs:
                         loaded[j] = self.catalog.load(j)
                 background = (self.backgrounds.load(recipe.background_index)
                               if recipe.background_kind == "folder" else None)
-                size = (int(rgb.shape[0]), int(rgb.shape[1]))
-                crops = [render_view(rgb, local_crop_params(crops_cfg, self.seed, epoch, index, k, size))
-                         for k in range(crops_cfg.count)]
+                crops = local_crops(crops_cfg, self.seed, epoch, index, rgb)
                 g, crowd, ok = render_view(rgb, params), render_crowd(recipe, loaded, background), True
             except ImageUnavailable as exc:
                 _unavailable(exc, self.skip_changed)

@@ -1,8 +1,9 @@
 """``train``: the student + decoder from a feature store, without the teacher; resumable; DDP-ready.
 
 One process per GPU (torchrun sets RANK / WORLD_SIZE / LOCAL_RANK; without them this is a
-single process). Rank 0 writes ``RUN_DIR/config.yaml``, ``metrics.jsonl`` (one line per logged
-optimizer step: every loss component, lr, samples/s, data-wait fraction) and atomic
+single process). Rank 0 writes ``RUN_DIR/config.yaml``, ``model.json`` (parameter counts),
+``metrics.jsonl`` (one line per logged optimizer step: every loss component, lr, samples/s,
+data-wait fraction) and atomic
 checkpoints ``last.pt`` that carry the resolved config. ``resume=True`` continues from
 ``last.pt`` exactly: weights, optimizer, EMA, RNG state and the position in the data. A resumed
 run must have the same config except the runtime fields (``RUNTIME_FIELDS``: how far, where and
@@ -301,7 +302,8 @@ def run_training(
     loop = TrainLoop(cfg, model, env, device, schedule, dataset, run_dir, store_ref)
     if state is not None:
         loop.at = restore(state, model, loop.optimizer, loop.ema, device, run_dir / "last.pt")
-        log.info("resumed %s at step %d (epoch %d, batch %d)", run_dir, *loop.at.__dict__.values())
+        log.info("resumed %s at step %d (epoch %d, batch %d)", run_dir, loop.at.step, loop.at.epoch,
+                 loop.at.batch_in_epoch)
     if env.main:  # every check passed: only now does the run's folder appear
         write_run_files(run_dir, cfg, sizes, configs or {}, loop.at.step)
     if dataset.render == "device":  # the workers gathered sources and parameters: render here first

@@ -6,7 +6,6 @@ killed run logged after its last checkpoint go, since the resume runs and logs t
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ from typing import Any
 import torch
 
 from dpal_cache.config import differences, to_dict
+from dpal_cache.outputs import write_atomic
 from dpal_cache.train.checkpoint import load_checkpoint, load_weights
 from dpal_cache.train.config import TrainConfig
 from dpal_cache.train.errors import StoreMismatch
@@ -117,6 +117,4 @@ def truncate_metrics(path: Path, step: int) -> None:
                 keep.append(line + "\n")
         except (ValueError, KeyError, TypeError):
             continue
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text("".join(keep))
-    os.replace(tmp, path)
+    write_atomic(path, lambda tmp: tmp.write_text("".join(keep)))

@@ -1,10 +1,11 @@
 """The pixel operations of a view, on batches of uint8 images with one parameter per image, on any device.
 
 Both renderers use these: the per-sample one (``render.render_view``, a batch of one) and the batched one
-(``batched.BatchRenderer``), so there is one definition of each operation. Every operation is written as
-separate IEEE operations (no multiply-adds with a scalar ``alpha``, which a CPU vectorises into a fused
-multiply-add and a GPU may not): a batch of one and a batch of many give the same bytes, and so do the CPU
-and CUDA up to the elementwise maths libraries.
+(``batched.BatchRenderer``), so there is one definition of each operation. The colour operations are written
+as separate IEEE operations (no multiply-adds with a scalar ``alpha``, which a CPU vectorises into a fused
+multiply-add and a GPU may not), so a batch of one and a batch of many give the same bytes on a CPU. The blur
+accumulates with ``addcmul_``, which CUDA fuses: CPU and CUDA may differ by a grey level or two (measured
+bound in ``batched.py``).
 
 Semantics follow torchvision's uint8 colour transforms: brightness scales, contrast blends with the mean
 grey, saturation with the grey image, hue rotates in HSV; results are clamped to [0, 255] and truncated.
@@ -24,7 +25,6 @@ import torch
 import torch.nn.functional as NF
 
 GREY = (0.2989, 0.587, 0.114)
-BRIGHTNESS, CONTRAST, SATURATION, HUE = 0, 1, 2, 3
 IDENTITY = (1.0, 1.0, 1.0, 0.0)  # the factor of each jitter op that leaves an image as it is
 
 
@@ -56,7 +56,8 @@ def brightness(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
 
 
 def contrast(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    # the grey values are whole numbers below 2**24 in sum: the mean is exact in any summation order
+    # float32 sum: exact (order-free) while the grey sum stays below 2**24, i.e. up to ~65.8k pixels (256x256
+    # crowds just fit); a larger image sums with rounding that may depend on the batch layout
     mean = grey(x).sum(dim=(-3, -2, -1), keepdim=True) / float(x.shape[-2] * x.shape[-1])
     return blend(x, mean, factor)
 
@@ -203,7 +204,7 @@ def _blur(x: torch.Tensor, kernel: int, sigmas: list[float]) -> torch.Tensor:
 # --------------------------------------------------------------------------------------- resampling
 
 
-@functools.lru_cache(maxsize=4096)
+@functools.lru_cache(maxsize=256)  # dense (n_out, n_in) float64 matrices: a few hundred KB each
 def aa_weights(n_in: int, n_out: int) -> tuple[torch.Tensor, int]:
     """Antialiased bicubic weights of one axis, ``n_in`` -> ``n_out`` pixels, as torch's uint8 resize uses them:
     whole numbers ``(n_out, n_in)`` (float64) and the power of two they are scaled by.

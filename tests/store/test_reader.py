@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import uuid
 
 import fsspec
 import numpy as np
@@ -76,7 +77,7 @@ def test_what_is_refused_on_open(tiny, tmp_path):
 
 def test_a_memory_url_reads_through_the_same_path(tiny):
     store, folder = tiny
-    url = "memory://reader_store.zarr"
+    url = f"memory://reader_store_{uuid.uuid4().hex}.zarr"  # the memory filesystem is shared by the process
     fsspec.filesystem("memory").put(str(store), url, recursive=True)
     local, remote = StoreReader(str(store), open_source(folder)), StoreReader(url, open_source(folder))
     assert remote.meta == local.meta

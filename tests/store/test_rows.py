@@ -107,3 +107,24 @@ def test_a_reader_pickles_without_open_files(store):
     first = reader.read("views/tokens", [0, 1])
     clone = pickle.loads(pickle.dumps(reader))
     assert clone._files is None and clone.read("views/tokens", [0, 1]).tobytes() == first.tobytes()
+
+
+def test_open_files_and_cached_indexes_stay_bounded(store, monkeypatch):
+    """A store of many shards: the reader keeps at most OPEN_FILES descriptors and CACHED_INDEXES shard indexes per
+    process (the least recently used go), and reads the same bytes while it evicts."""
+    from dpal_cache.store import rows as rows_module
+
+    monkeypatch.setattr(rows_module, "OPEN_FILES", 2)
+    monkeypatch.setattr(rows_module, "CACHED_INDEXES", 3)
+    group = open_store(str(store))
+    names = [n for n in ("views/tokens", "views/attn_cls", "crowds/attn") if n in group]
+    reader = RowReader(group, names)
+    rng = np.random.default_rng(1)
+    for _ in range(3):
+        for name in names:
+            whole = group[name][...]
+            rows = _rows_wanted(len(whole), rng)
+            assert reader.read(name, rows).tobytes() == whole[rows].tobytes(), name
+            assert len(reader._backend()._fds) <= 2 and len(reader._index) <= 3
+    assert len(reader._index) == 3  # the store has more shards than that: the cache was full and evicting
+    reader.close()

@@ -41,12 +41,6 @@ def test_every_registered_kind_is_accepted_and_listed(kind):
     assert kind in _decoder_help()
 
 
-def test_help_is_made_from_the_registry():
-    assert _decoder_help() == f"Pattern decoder: {DECODERS_HELP}."
-    named = [part.removesuffix(" (default)") for part in DECODERS_HELP.split(", ")]
-    assert named == list(DECODERS)
-
-
 def test_unknown_kind_is_refused_naming_the_known_ones():
     known = ", ".join(DECODERS)
     with pytest.raises(ConfigError) as err:

@@ -163,5 +163,5 @@ def test_colour_ops_follow_torchvision_within_one_grey_level(name, value):
     ours = ops.OPS[["brightness", "contrast", "saturation", "hue"].index(name)](x, torch.tensor([value]))
     ref = getattr(TF, f"adjust_{name}")(x[0], value)
     assert int((ours[0].int() - ref.int()).abs().max()) <= 1
-    grey = ops.grayscale(x, torch.tensor([True]))[0]
-    assert torch.equal(grey, TF.rgb_to_grayscale(x[0], num_output_channels=3))
+    grey = ops.grayscale(x, torch.tensor([True]))[0]  # torchvision fuses a multiply-add on AVX2: 1 level at most
+    assert int((grey.int() - TF.rgb_to_grayscale(x[0], num_output_channels=3).int()).abs().max()) <= 1
